@@ -1,0 +1,15 @@
+//! The keyhouse schema. One file per migration; every migration runs unchanged on SQLite and
+//! PostgreSQL, and every timestamp column holds UTC.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_initial_schema;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_initial_schema::Migration)]
+    }
+}

@@ -1,0 +1,147 @@
+//! Who is calling: sessions resolved from a bearer token or the `session_token` cookie, roles,
+//! and the request id that audit events carry.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "user" => Ok(Role::User),
+            other => Err(format!("unknown role '{other}': expected admin or user")),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a caller was not authenticated. Each transport words these its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    NoToken,
+    InvalidSession,
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthFailure::NoToken => "not authenticated: no session token",
+            AuthFailure::InvalidSession => "invalid or expired session",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub email: String,
+    pub role: Role,
+}
+
+/// An authenticated request: who, and the id that ties its log lines and audit events together.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: String,
+}
+
+impl Caller {
+    pub fn user_id(&self) -> &str {
+        &self.principal.user_id
+    }
+
+    pub fn require_admin(&self) -> Result<()> {
+        match self.principal.role {
+            Role::Admin => Ok(()),
+            Role::User => Err(Error::PermissionDenied("Admin access required".into())),
+        }
+    }
+}
+
+/// The session token of a request: `Authorization: Bearer <token>` first, else the
+/// `session_token` cookie (what browsers and grpc-web send).
+pub fn session_token<'a>(
+    authorization: Option<&'a str>,
+    cookie: Option<&'a str>,
+) -> Option<&'a str> {
+    let bearer = authorization
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    bearer.or_else(|| cookie.and_then(|c| cookie_value(c, "session_token")))
+}
+
+/// One cookie's value from a `Cookie` header.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}
+
+/// The caller's request id if it sent a sane one, else a new one.
+pub fn request_id(presented: Option<&str>) -> String {
+    presented
+        .filter(|id| !id.is_empty() && id.len() <= 64)
+        .filter(|id| {
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_wins_over_cookie() {
+        assert_eq!(
+            session_token(Some("Bearer abc"), Some("session_token=def")),
+            Some("abc")
+        );
+    }
+
+    #[test]
+    fn cookie_is_found_among_others() {
+        let cookie = "csrf_token=x; session_token=tok; theme=dark";
+        assert_eq!(session_token(None, Some(cookie)), Some("tok"));
+    }
+
+    #[test]
+    fn nothing_usable_is_none() {
+        assert_eq!(session_token(Some("Basic abc"), Some("other=1")), None);
+        assert_eq!(session_token(Some("Bearer  "), None), None);
+    }
+
+    #[test]
+    fn request_ids_with_odd_characters_are_replaced() {
+        assert_eq!(request_id(Some("abc-123")), "abc-123");
+        assert_ne!(request_id(Some("a\nb")), "a\nb");
+    }
+}

@@ -1,0 +1,111 @@
+//! Configuration: environment first (`KEYHOUSE_*`, `DATABASE_URL`), flags second. Every default
+//! here is documented in the README's configuration table.
+
+use std::net::SocketAddr;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keyhouse.db?mode=rwc";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8084";
+pub const DEFAULT_SCOPES: &str =
+    "llm:inference,llm:models,keys:read,keys:manage,byok:manage,usage:read";
+/// What a key grants when CreateKey names no permissions.
+pub const DEFAULT_KEY_PERMISSIONS: &[&str] = &["llm:inference", "llm:models"];
+pub const DEFAULT_EXPIRY_DAYS: i32 = 90;
+pub const MAX_EXPIRY_DAYS: i32 = 3650;
+
+/// Settings every keyhouse server binary takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerSettings {
+    /// Database to use: `sqlite://path?mode=rwc` or `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Address to serve gRPC, grpc-web and REST on.
+    #[arg(long, env = "KEYHOUSE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Origins allowed to call from a browser (comma-separated); none by default.
+    #[arg(long, env = "KEYHOUSE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Log format: `pretty` or `json`.
+    #[arg(
+        long,
+        env = "KEYHOUSE_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+
+    #[command(flatten)]
+    pub keys: KeyPolicy,
+}
+
+impl ServerSettings {
+    /// The defaults, on the given database: what tests and embedders start from.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
+            cors_origins: Vec::new(),
+            log_format: crate::telemetry::LogFormat::Pretty,
+            keys: KeyPolicy::default(),
+        }
+    }
+}
+
+/// The rules for minting user API keys.
+#[derive(clap::Args, Clone, Debug)]
+pub struct KeyPolicy {
+    /// bcrypt cost for stored key hashes (4-31). Lower it only in tests.
+    #[arg(long, env = "KEYHOUSE_BCRYPT_COST", default_value_t = 12)]
+    pub bcrypt_cost: u32,
+
+    /// Allow keys that never expire (`expires_in_days` = 0).
+    #[arg(
+        long,
+        env = "KEYHOUSE_ALLOW_NON_EXPIRING_KEYS",
+        default_value_t = false
+    )]
+    pub allow_non_expiring_keys: bool,
+
+    /// The scopes a key may be granted (comma-separated).
+    #[arg(long, env = "KEYHOUSE_SCOPES", value_delimiter = ',', default_value = DEFAULT_SCOPES)]
+    pub scopes: Vec<String>,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        Self {
+            bcrypt_cost: 12,
+            allow_non_expiring_keys: false,
+            scopes: DEFAULT_SCOPES.split(',').map(str::to_owned).collect(),
+        }
+    }
+}
+
+impl KeyPolicy {
+    /// Refuses a policy the service could not honour, at start-up rather than at first use.
+    pub fn validate(&self) -> Result<()> {
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(Error::invalid(
+                "KEYHOUSE_BCRYPT_COST",
+                format!(
+                    "KEYHOUSE_BCRYPT_COST must be between 4 and 31, got {}",
+                    self.bcrypt_cost
+                ),
+            ));
+        }
+        if let Some(missing) = DEFAULT_KEY_PERMISSIONS
+            .iter()
+            .find(|d| !self.scopes.iter().any(|s| s == *d))
+        {
+            return Err(Error::invalid(
+                "KEYHOUSE_SCOPES",
+                format!("KEYHOUSE_SCOPES must include the default scope '{missing}'"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+//! Secrets: API key minting and hashing, session tokens, masking.
+
+pub mod api_key;
+pub mod mask;
+pub mod session_token;

@@ -1,0 +1,85 @@
+//! Connecting to SQLite or PostgreSQL, and keeping the schema in step with this build.
+
+use std::time::Duration;
+
+use keyhouse_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+
+use crate::error::{Error, Result};
+
+pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url);
+    // Query text is logged by nobody: statements can hold identifying values.
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5));
+    if url.starts_with("sqlite:") {
+        // One writer at a time either way; a small pool avoids lock churn.
+        opts.max_connections(8);
+    }
+    let db = Database::connect(opts).await.map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot connect to the database ({}): {e}",
+            redact_url(url)
+        ))
+    })?;
+    if db.get_database_backend() == DbBackend::Sqlite {
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+    }
+    Ok(db)
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<usize> {
+    let pending = Migrator::get_pending_migrations(db).await?.len();
+    Migrator::up(db, None).await?;
+    Ok(pending)
+}
+
+/// Refuses to serve on a schema this build does not match: split binaries never migrate by
+/// themselves, so an operator runs `keyhouse migrate` first.
+pub async fn ensure_schema_current(db: &DatabaseConnection) -> Result<()> {
+    let pending = Migrator::get_pending_migrations(db).await?;
+    if !pending.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "the database schema is behind this build: {} migration(s) pending ({}); run `keyhouse migrate` first",
+            pending.len(),
+            pending
+                .iter()
+                .map(|m| m.name().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A database URL fit for a log line: no password.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_dropped_from_urls() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("sqlite://keyhouse.db?mode=rwc"),
+            "sqlite://keyhouse.db?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The one error type of keyhouse, and its mapping to gRPC. The REST shim maps the same type
+//! (carried as the `source` of a `tonic::Status`) to HTTP in its own single place.
+
+use std::sync::Arc;
+
+/// Everything a keyhouse operation can fail with. Messages are shown to callers, so they never
+/// carry a secret or an internal cause; `Internal` keeps its cause for the log only.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{reason}")]
+    /// `reason` is the whole message and names the field; `field` is for REST's `loc`.
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthFailure),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(cause.into())
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable("database unavailable".into())
+            }
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<sea_orm::TransactionError<Error>> for Error {
+    fn from(err: sea_orm::TransactionError<Error>) -> Self {
+        match err {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(e) => e,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        use tonic::Code;
+        let (code, message) = match &err {
+            Error::NotFound(m) => (Code::NotFound, m.clone()),
+            Error::InvalidArgument { .. } => (Code::InvalidArgument, err.to_string()),
+            Error::Unauthenticated(why) => (Code::Unauthenticated, why.to_string()),
+            Error::PermissionDenied(m) => (Code::PermissionDenied, m.clone()),
+            Error::FailedPrecondition(m) => (Code::FailedPrecondition, m.clone()),
+            Error::Unavailable(m) => (Code::Unavailable, m.clone()),
+            Error::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error");
+                (Code::Internal, "internal error".to_owned())
+            }
+        };
+        let mut status = tonic::Status::new(code, message);
+        status.set_source(Arc::new(err));
+        status
+    }
+}

@@ -1,0 +1,24 @@
+//! keyhouse-core: the domain, storage, crypto and authorization that every keyhouse transport
+//! (gRPC, grpc-web, REST) calls into.
+
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod entities;
+pub mod error;
+pub mod grpc;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod user_keys;
+
+pub use error::{Error, Result};
+
+/// A stored UTC time as a protobuf timestamp.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}

@@ -1,0 +1,163 @@
+//! Serving: native gRPC, grpc-web and REST on one listener, with reflection, health, CORS and
+//! graceful shutdown. Every keyhouse binary serves through `serve`.
+
+use std::future::Future;
+
+use axum::Router;
+use http::{HeaderName, HeaderValue, Method};
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::ServerSettings;
+
+/// What one binary serves: its gRPC services (with their full names, for health and
+/// reflection) and its REST routes. Each service crate adds itself.
+#[derive(Default)]
+pub struct Services {
+    pub grpc: RoutesBuilder,
+    pub names: Vec<&'static str>,
+    pub rest: Router,
+}
+
+/// Serves until `shutdown` resolves, then stops taking connections and drains in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    cors_origins: &[String],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in &services.names {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keyhouse_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in &services.names {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let grpc = services
+        .grpc
+        .routes()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
+
+    let mut app = services.rest.merge(grpc);
+    if let Some(cors) = cors_layer(cors_origins)? {
+        app = app.layer(cors);
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, services = ?services.names, "serving gRPC, grpc-web and REST");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Browsers may call only from the configured origins; with none configured there is no CORS
+/// layer at all, so cross-origin browser calls fail closed.
+fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .map_err(|_| anyhow::anyhow!("KEYHOUSE_CORS_ORIGINS: invalid origin '{o}'"))
+        })
+        .collect::<Result<_, _>>()?;
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let headers = [
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "x-csrf-token",
+        "x-request-id",
+    ];
+    let exposed = [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "x-next-page-token",
+    ];
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(headers.map(HeaderName::from_static))
+            .expose_headers(exposed.map(HeaderName::from_static)),
+    ))
+}
+
+/// Binds the configured address, saying which one failed when it cannot.
+pub async fn bind(settings: &ServerSettings) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(settings.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (KEYHOUSE_LISTEN): {e}",
+            settings.listen
+        )
+    })
+}
+
+/// Runs a binary's main: logs a start-up failure in one clear line and exits non-zero.
+pub fn exit_on_error(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT (ctrl-c) or SIGTERM (what Kubernetes and systemd send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,14 @@
+//! Repositories over the SeaORM entities. Functions take any connection, so a caller can run
+//! several of them (a change and its audit event) in one transaction.
+
+pub mod audit;
+pub mod sessions;
+pub mod user_keys;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// Now, at the microsecond precision both databases store, so a value read back equals the
+/// value written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

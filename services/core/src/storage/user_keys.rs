@@ -1,0 +1,169 @@
+//! Queries over `user_api_keys`. Every lookup is scoped to its owner: another user's key is
+//! simply not found.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Condition, Expr};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use uuid::Uuid;
+
+use crate::entities::user_api_keys::{self, ActiveModel, Column, Entity, Model};
+use crate::error::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl Status {
+    pub fn of(key: &Model, now: DateTime<Utc>) -> Self {
+        if !key.is_active {
+            Status::Revoked
+        } else if key.expires_at.is_some_and(|at| at <= now) {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Status::Active),
+            "expired" => Some(Status::Expired),
+            "revoked" => Some(Status::Revoked),
+            _ => None,
+        }
+    }
+
+    fn condition(self, now: DateTime<Utc>) -> Condition {
+        match self {
+            Status::Revoked => Condition::all().add(Column::IsActive.eq(false)),
+            Status::Expired => Condition::all()
+                .add(Column::IsActive.eq(true))
+                .add(Column::ExpiresAt.lte(now)),
+            Status::Active => Condition::all().add(Column::IsActive.eq(true)).add(
+                Condition::any()
+                    .add(Column::ExpiresAt.is_null())
+                    .add(Column::ExpiresAt.gt(now)),
+            ),
+        }
+    }
+}
+
+pub async fn insert(conn: &impl ConnectionTrait, key: ActiveModel) -> Result<Model> {
+    Ok(Entity::insert(key).exec_with_returning(conn).await?)
+}
+
+pub async fn find_owned(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    id: Uuid,
+) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id)
+        .filter(Column::UserId.eq(user_id))
+        .one(conn)
+        .await?)
+}
+
+/// Where the previous page ended: keys strictly older than this come next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// One page of a user's keys, newest first; `limit + 1` rows are read to know if more follow.
+pub async fn list_page(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    status: Option<Status>,
+    after: Option<Cursor>,
+    limit: u64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Model>> {
+    let mut query = Entity::find().filter(Column::UserId.eq(user_id));
+    if let Some(status) = status {
+        query = query.filter(status.condition(now));
+    }
+    if let Some(c) = after {
+        query = query.filter(
+            Condition::any()
+                .add(Column::CreatedAt.lt(c.created_at))
+                .add(
+                    Condition::all()
+                        .add(Column::CreatedAt.eq(c.created_at))
+                        .add(Column::Id.lt(c.id)),
+                ),
+        );
+    }
+    Ok(query
+        .order_by_desc(Column::CreatedAt)
+        .order_by_desc(Column::Id)
+        .limit(limit + 1)
+        .all(conn)
+        .await?)
+}
+
+/// Marks an active key revoked; returns whether a row changed.
+pub async fn revoke(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let res = Entity::update_many()
+        .col_expr(Column::IsActive, Expr::value(false))
+        .col_expr(Column::RevokedAt, Expr::value(now))
+        .filter(Column::Id.eq(id))
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::IsActive.eq(true))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// The parts of a new secret that are stored.
+pub struct NewSecret {
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub key_last4: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Swaps the secret of an active key; returns the updated row, or `None` when the key is not
+/// the caller's or is no longer active.
+pub async fn replace_secret(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    id: Uuid,
+    secret: NewSecret,
+) -> Result<Option<Model>> {
+    let res = Entity::update_many()
+        .set(user_api_keys::ActiveModel {
+            key_hash: Set(secret.key_hash),
+            key_prefix: Set(secret.key_prefix),
+            key_last4: Set(secret.key_last4),
+            expires_at: Set(secret.expires_at),
+            ..Default::default()
+        })
+        .filter(Column::Id.eq(id))
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::IsActive.eq(true))
+        .exec(conn)
+        .await?;
+    if res.rows_affected != 1 {
+        return Ok(None);
+    }
+    find_owned(conn, user_id, id).await
+}

@@ -1,0 +1,27 @@
+//! The embedded deployment: every keyhouse service in one process on one port, migrating its
+//! database on start. `main.rs` parses the command line; tests call `serve` directly.
+
+use keyhouse_core::config::ServerSettings;
+use keyhouse_core::db;
+use keyhouse_core::server::{self, Services};
+use keyhouse_platform_keys::PlatformKeyGrpc;
+use keyhouse_user_keys::UserKeyGrpc;
+
+pub mod duration;
+
+pub async fn serve(
+    settings: ServerSettings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    settings.keys.validate()?;
+    let db = db::connect(&settings.database_url).await?;
+    let applied = db::migrate(&db).await?;
+    if applied > 0 {
+        tracing::info!(applied, database = %db::redact_url(&settings.database_url), "database migrated");
+    }
+    let mut services = Services::default();
+    UserKeyGrpc::new(db.clone(), settings.keys.clone()).register(&mut services);
+    PlatformKeyGrpc::new(db).register(&mut services);
+    server::serve(listener, services, &settings.cors_origins, shutdown).await
+}

@@ -1,0 +1,88 @@
+use clap::{Parser, Subcommand};
+use keyhouse_core::auth::Role;
+use keyhouse_core::config::{DEFAULT_DATABASE_URL, ServerSettings};
+use keyhouse_core::{db, server, storage, telemetry};
+
+/// keyhouse: API keys for an LLM gateway. `keyhouse serve` runs everything on one port.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every keyhouse service on one port, migrating the database first.
+    Serve(ServerSettings),
+    /// Apply pending migrations to DATABASE_URL and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
+    /// Manage sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Issue a session and print only its token on stdout.
+    Create {
+        /// The user id the session acts as.
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "")]
+        email: String,
+        /// `admin` or `user`.
+        #[arg(long)]
+        role: Role,
+        /// How long the session lives, e.g. 30m, 8h, 7d.
+        #[arg(long, default_value = "8h", value_parser = keyhouse::duration::parse)]
+        ttl: chrono::Duration,
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Serve(settings) => settings.log_format,
+        _ => telemetry::LogFormat::Pretty,
+    };
+    telemetry::init(format);
+    server::exit_on_error(run(cli.command).await)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(settings) => {
+            let listener = server::bind(&settings).await?;
+            keyhouse::serve(settings, listener, server::shutdown_signal()).await
+        }
+        Command::Migrate { database_url } => {
+            let db = db::connect(&database_url).await?;
+            let applied = db::migrate(&db).await?;
+            eprintln!(
+                "{applied} migration(s) applied to {}",
+                db::redact_url(&database_url)
+            );
+            Ok(())
+        }
+        Command::Session(SessionCommand::Create {
+            user,
+            email,
+            role,
+            ttl,
+            database_url,
+        }) => {
+            let db = db::connect(&database_url).await?;
+            db::ensure_schema_current(&db).await?;
+            let token = storage::sessions::create(&db, &user, &email, role, ttl).await?;
+            println!("{}", token.as_str());
+            Ok(())
+        }
+    }
+}

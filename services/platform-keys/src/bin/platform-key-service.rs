@@ -1,0 +1,23 @@
+use clap::Parser;
+use keyhouse_core::{config::ServerSettings, server, telemetry};
+
+/// PlatformKeyService alone: the platform's provider secrets. Run `keyhouse migrate` first.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    settings: ServerSettings,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let settings = Cli::parse().settings;
+    telemetry::init(settings.log_format);
+    server::exit_on_error(
+        async {
+            let listener = server::bind(&settings).await?;
+            keyhouse_platform_keys::run(settings, listener, server::shutdown_signal()).await
+        }
+        .await,
+    )
+}
