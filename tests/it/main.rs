@@ -1,1 +1,10 @@
+//! keyhouse end to end: real servers, real databases, generated clients. Tests that touch
+//! storage run once on SQLite and once on PostgreSQL (`sqlite::…` and `postgres::…`).
 
+mod support;
+
+mod auth;
+mod logs;
+mod server;
+mod user_keys;
+mod user_keys_validation;

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use keyhouse_migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::error::{Error, Result};
 
@@ -14,8 +15,13 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5));
     if url.starts_with("sqlite:") {
-        // One writer at a time either way; a small pool avoids lock churn.
-        opts.max_connections(8);
+        // WAL lets readers run beside the one writer; the busy timeout makes a second process
+        // on the same file (an operator command beside `keyhouse serve`) wait instead of fail.
+        opts.max_connections(8).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+        });
     }
     let db = Database::connect(opts).await.map_err(|e| {
         Error::Unavailable(format!(
@@ -23,9 +29,6 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
             redact_url(url)
         ))
     })?;
-    if db.get_database_backend() == DbBackend::Sqlite {
-        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-    }
     Ok(db)
 }
 

@@ -38,7 +38,9 @@ pub async fn serve(
         let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(keyhouse_proto::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health");
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
         for name in &services.names {
             builder = builder.with_service_name(*name);
         }

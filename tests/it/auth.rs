@@ -1,0 +1,139 @@
+//! Sessions: missing, unknown and expired tokens are refused before anything else happens.
+
+use keyhouse_core::auth::Role;
+use keyhouse_proto::v1 as pb;
+use tonic::Code;
+
+use crate::on_both_databases;
+use crate::support::{Backend, TestServer};
+
+on_both_databases!(
+    calls_without_a_session_are_unauthenticated,
+    unknown_and_expired_sessions_are_refused,
+    the_session_cookie_works_like_a_bearer_token,
+    platform_rpcs_are_for_admins_only,
+);
+
+async fn calls_without_a_session_are_unauthenticated(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.user_client(None).await;
+    let results = [
+        client
+            .create_key(pb::CreateKeyRequest {
+                name: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        client
+            .list_keys(pb::ListKeysRequest::default())
+            .await
+            .map(|_| ()),
+        client
+            .get_key(pb::GetKeyRequest {
+                key_id: uuid::Uuid::new_v4().to_string(),
+            })
+            .await
+            .map(|_| ()),
+        client
+            .revoke_key(pb::RevokeKeyRequest { key_id: "x".into() })
+            .await
+            .map(|_| ()),
+        client
+            .regenerate_key(pb::RegenerateKeyRequest::default())
+            .await
+            .map(|_| ()),
+    ];
+    for result in results {
+        let status = result.expect_err("no session");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, "not authenticated: no session token")
+        );
+    }
+}
+
+async fn unknown_and_expired_sessions_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let expired = server.session("alice", Role::User).await;
+    server
+        .exec("UPDATE sessions SET expires_at = created_at")
+        .await;
+    for token in ["ks_not_a_real_session", expired.as_str()] {
+        let mut client = server.user_client(Some(token)).await;
+        let status = client
+            .list_keys(pb::ListKeysRequest::default())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unauthenticated, "invalid or expired session")
+        );
+        let status = client
+            .create_key(pb::CreateKeyRequest {
+                name: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let rows = server.dump_all_tables().await;
+    assert!(!rows.contains("uc_"), "a refused create stored a key");
+}
+
+async fn the_session_cookie_works_like_a_bearer_token(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let token = server.session("carol", Role::User).await;
+    let mut client = keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient::new(
+        server.channel().await,
+    );
+    let mut req = tonic::Request::new(pb::CreateKeyRequest {
+        name: "from a browser".into(),
+        ..Default::default()
+    });
+    let cookie = format!("csrf_token=abc; session_token={token}");
+    req.metadata_mut()
+        .insert("cookie", cookie.parse().expect("ascii"));
+    let key = client
+        .create_key(req)
+        .await
+        .expect("cookie session")
+        .into_inner();
+    assert_eq!(key.key_name, "from a browser");
+}
+
+async fn platform_rpcs_are_for_admins_only(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let user = server.session("dave", Role::User).await;
+    let admin = server.session("root", Role::Admin).await;
+
+    let status = server
+        .platform_client(None)
+        .await
+        .list_platform_keys(pb::ListPlatformKeysRequest {})
+        .await
+        .expect_err("anonymous");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = server
+        .platform_client(Some(&user))
+        .await
+        .list_platform_keys(pb::ListPlatformKeysRequest {})
+        .await
+        .expect_err("user");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, "Admin access required")
+    );
+    let status = server
+        .platform_client(Some(&admin))
+        .await
+        .list_platform_keys(pb::ListPlatformKeysRequest {})
+        .await
+        .expect_err("admin");
+    assert_ne!(
+        status.code(),
+        Code::PermissionDenied,
+        "an admin passes the role check"
+    );
+}

@@ -1,0 +1,360 @@
+//! The harness: a real keyhouse server on 127.0.0.1:0 over a fresh SQLite file or a fresh
+//! PostgreSQL database, and the generated clients to talk to it.
+
+use std::time::Duration;
+
+use keyhouse_core::auth::Role;
+use keyhouse_core::config::ServerSettings;
+use keyhouse_core::{db, storage};
+use keyhouse_proto::v1::platform_key_service_client::PlatformKeyServiceClient;
+use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub type UserClient = UserKeyServiceClient<InterceptedService<Channel, Auth>>;
+pub type PlatformClient = PlatformKeyServiceClient<InterceptedService<Channel, Auth>>;
+
+/// A database of its own for one test, removed when the test ends.
+pub struct TestDb {
+    pub url: String,
+    backend: Backend,
+    name: String,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let name = format!("keyhouse_test_{}", uuid::Uuid::new_v4().simple());
+        match backend {
+            Backend::Sqlite => {
+                let dir = TempDir::new();
+                let url = format!("sqlite://{}/keyhouse.db?mode=rwc", dir.0.display());
+                Self {
+                    url,
+                    backend,
+                    name,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = admin_connection().await;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create the test database");
+                let base = postgres_url();
+                let url = match base.rsplit_once('/') {
+                    Some((server, _)) => format!("{server}/{name}"),
+                    None => panic!("KEYHOUSE_TEST_POSTGRES_URL has no database part: {base}"),
+                };
+                Self {
+                    url,
+                    backend,
+                    name,
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn connect(&self) -> DatabaseConnection {
+        db::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot block on async work: use a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let admin = admin_connection().await;
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+fn postgres_url() -> String {
+    std::env::var("KEYHOUSE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+async fn admin_connection() -> DatabaseConnection {
+    let url = postgres_url();
+    db::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL tests need a server at {url} (set KEYHOUSE_TEST_POSTGRES_URL): {e}. \
+             They never pass without one."
+        )
+    })
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("keyhouse-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `keyhouse serve` running in-process on its own database.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    db: Option<DatabaseConnection>,
+    pub test_db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut ServerSettings)) -> Self {
+        let test_db = TestDb::new(backend).await;
+        let mut settings = ServerSettings::new(test_db.url.clone());
+        // The lowest cost bcrypt allows: these tests are about behaviour, not hashing speed.
+        settings.keys.bcrypt_cost = 4;
+        configure(&mut settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(keyhouse::serve(settings, listener, async {
+            let _ = stopped.await;
+        }));
+        // The server migrates on start; the test's own connection opens once it serves.
+        let mut server = Self {
+            addr,
+            db: None,
+            test_db,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        server.wait_until_serving().await;
+        server.db = Some(server.test_db.connect().await);
+        server
+    }
+
+    async fn wait_until_serving(&mut self) {
+        for _ in 0..400 {
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = self.task.take().expect("task").await;
+                panic!(
+                    "the test server stopped before serving: {:#}",
+                    result.expect("join").expect_err("stopped")
+                );
+            }
+            if let Ok(channel) = Channel::from_shared(self.url())
+                .expect("url")
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
+                if health.check(req).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "the test server did not start serving on {} within 10 s",
+            self.addr
+        );
+    }
+
+    /// The test's own connection to the server's database.
+    pub fn db(&self) -> &DatabaseConnection {
+        self.db.as_ref().expect("connected once serving")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A session for `user` with `role`, made the way `keyhouse session create` makes one.
+    pub async fn session(&self, user: &str, role: Role) -> String {
+        let token = storage::sessions::create(
+            self.db(),
+            user,
+            &format!("{user}@example.com"),
+            role,
+            chrono::Duration::hours(1),
+        )
+        .await
+        .expect("create a session");
+        token.as_str().to_owned()
+    }
+
+    pub async fn user_client(&self, token: Option<&str>) -> UserClient {
+        UserKeyServiceClient::with_interceptor(self.channel().await, Auth(token.map(str::to_owned)))
+    }
+
+    pub async fn platform_client(&self, token: Option<&str>) -> PlatformClient {
+        PlatformKeyServiceClient::with_interceptor(
+            self.channel().await,
+            Auth(token.map(str::to_owned)),
+        )
+    }
+
+    /// Runs SQL that returns nothing; for tests that move a row's clock.
+    pub async fn exec(&self, sql: &str) {
+        self.db()
+            .execute_unprepared(sql)
+            .await
+            .expect("test SQL runs");
+    }
+
+    /// Every row of every keyhouse table, as text: to prove a secret is stored nowhere.
+    pub async fn dump_all_tables(&self) -> String {
+        let backend = self.db().get_database_backend();
+        let mut out = String::new();
+        match self.test_db.backend() {
+            Backend::Postgres => {
+                let tables = self
+                    .db()
+                    .query_all_raw(Statement::from_string(
+                        backend,
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+                    ))
+                    .await
+                    .expect("list tables");
+                for t in tables {
+                    let table: String = t.try_get("", "tablename").expect("table name");
+                    let rows = self
+                        .db()
+                        .query_all_raw(Statement::from_string(
+                            backend,
+                            format!("SELECT row_to_json(t)::text AS j FROM \"{table}\" t"),
+                        ))
+                        .await
+                        .expect("dump table");
+                    for r in rows {
+                        out.push_str(&r.try_get::<String>("", "j").expect("row text"));
+                        out.push('\n');
+                    }
+                }
+            }
+            Backend::Sqlite => {
+                // The database file and its WAL hold every byte SQLite stored.
+                let path = self
+                    .test_db
+                    .url
+                    .trim_start_matches("sqlite://")
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                for file in [path.clone(), format!("{path}-wal")] {
+                    if let Ok(bytes) = std::fs::read(&file) {
+                        out.push_str(&String::from_utf8_lossy(&bytes));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Adds the session token (if any) as `authorization: Bearer`.
+#[derive(Clone)]
+pub struct Auth(Option<String>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            let value: MetadataValue<_> = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("bad token"))?;
+            req.metadata_mut().insert("authorization", value);
+        }
+        Ok(req)
+    }
+}
+
+/// Declares each listed test once per database, as `sqlite::name` and `postgres::name`, so the
+/// test output shows which storage each run used.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
