@@ -11,7 +11,6 @@ on_both_databases!(
     calls_without_a_session_are_unauthenticated,
     unknown_and_expired_sessions_are_refused,
     the_session_cookie_works_like_a_bearer_token,
-    platform_rpcs_are_for_admins_only,
 );
 
 async fn calls_without_a_session_are_unauthenticated(backend: Backend) {
@@ -101,39 +100,4 @@ async fn the_session_cookie_works_like_a_bearer_token(backend: Backend) {
         .expect("cookie session")
         .into_inner();
     assert_eq!(key.key_name, "from a browser");
-}
-
-async fn platform_rpcs_are_for_admins_only(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let user = server.session("dave", Role::User).await;
-    let admin = server.session("root", Role::Admin).await;
-
-    let status = server
-        .platform_client(None)
-        .await
-        .list_platform_keys(pb::ListPlatformKeysRequest {})
-        .await
-        .expect_err("anonymous");
-    assert_eq!(status.code(), Code::Unauthenticated);
-    let status = server
-        .platform_client(Some(&user))
-        .await
-        .list_platform_keys(pb::ListPlatformKeysRequest {})
-        .await
-        .expect_err("user");
-    assert_eq!(
-        (status.code(), status.message()),
-        (Code::PermissionDenied, "Admin access required")
-    );
-    let status = server
-        .platform_client(Some(&admin))
-        .await
-        .list_platform_keys(pb::ListPlatformKeysRequest {})
-        .await
-        .expect_err("admin");
-    assert_ne!(
-        status.code(),
-        Code::PermissionDenied,
-        "an admin passes the role check"
-    );
 }

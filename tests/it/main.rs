@@ -5,6 +5,9 @@ mod support;
 
 mod auth;
 mod logs;
+mod platform_keys;
+mod platform_watch;
 mod server;
+mod stub;
 mod user_keys;
 mod user_keys_validation;

@@ -1,7 +1,8 @@
 //! The server around the services: reflection, health, and the split binaries' refusal to run
 //! on a schema that is behind.
 
-use keyhouse_core::config::ServerSettings;
+use keyhouse_core::config::{Secret, ServerSettings};
+use keyhouse_core::crypto::fernet_ring::KeyRing;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -13,7 +14,7 @@ use crate::support::{Backend, TestDb, TestServer};
 on_both_databases!(
     reflection_lists_both_services_and_health,
     health_answers_serving_for_every_service,
-    split_binaries_refuse_a_schema_that_is_behind,
+    split_binaries_refuse_a_missing_key_or_a_schema_that_is_behind,
 );
 
 async fn reflection_lists_both_services_and_health(backend: Backend) {
@@ -101,14 +102,38 @@ async fn health_answers_serving_for_every_service(backend: Backend) {
     }
 }
 
-async fn split_binaries_refuse_a_schema_that_is_behind(backend: Backend) {
+async fn split_binaries_refuse_a_missing_key_or_a_schema_that_is_behind(backend: Backend) {
     let test_db = TestDb::new(backend).await;
     let listener = || async {
         tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind")
     };
-    let settings = ServerSettings::new(test_db.url.clone());
+    let mut settings = ServerSettings::new(test_db.url.clone());
+
+    let err = keyhouse_user_keys::run(settings.clone(), listener().await, std::future::pending())
+        .await
+        .expect_err("no encryption key");
+    assert!(
+        format!("{err:#}").contains("KEYHOUSE_ENCRYPTION_KEYS is not set"),
+        "{err:#}"
+    );
+    settings.encryption_keys = Some(Secret::new("this-is-not-a-fernet-key"));
+    let err =
+        keyhouse_platform_keys::run(settings.clone(), listener().await, std::future::pending())
+            .await
+            .expect_err("a malformed encryption key");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("not a Fernet key")
+            && message.contains("keyhouse encryption generate-key"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("this-is-not-a-fernet-key"),
+        "the error echoes the key"
+    );
+    settings.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
 
     let err = keyhouse_user_keys::run(settings.clone(), listener().await, std::future::pending())
         .await

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use keyhouse_core::auth::Role;
-use keyhouse_core::config::ServerSettings;
+use keyhouse_core::config::{Secret, ServerSettings};
+use keyhouse_core::crypto::fernet_ring::KeyRing;
+use keyhouse_core::platform_keys::EnvFallback;
 use keyhouse_core::{db, storage};
 use keyhouse_proto::v1::platform_key_service_client::PlatformKeyServiceClient;
 use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
@@ -67,10 +69,6 @@ impl TestDb {
                 }
             }
         }
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     pub async fn connect(&self) -> DatabaseConnection {
@@ -140,7 +138,9 @@ impl Drop for TempDir {
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     db: Option<DatabaseConnection>,
-    pub test_db: TestDb,
+    /// The database this server owns (dropped with it); `None` for a replica.
+    _owned_db: Option<TestDb>,
+    pub settings: ServerSettings,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -155,25 +155,43 @@ impl TestServer {
         let mut settings = ServerSettings::new(test_db.url.clone());
         // The lowest cost bcrypt allows: these tests are about behaviour, not hashing speed.
         settings.keys.bcrypt_cost = 4;
+        settings.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
+        // Isolated from whatever provider variables the machine running the tests has.
+        settings.platform_env = Some(EnvFallback::default());
         configure(&mut settings);
+        Self::serve(settings, Some(test_db)).await
+    }
+
+    /// A second server on the same database and keys: another replica.
+    pub async fn replica(&self) -> Self {
+        Self::serve(self.settings.clone(), None).await
+    }
+
+    /// `keyhouse serve` with exactly these settings, on the database they name.
+    pub async fn serve(settings: ServerSettings, test_db: Option<TestDb>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keyhouse::serve(settings, listener, async {
+        let task = tokio::spawn(keyhouse::serve(settings.clone(), listener, async {
             let _ = stopped.await;
         }));
         // The server migrates on start; the test's own connection opens once it serves.
         let mut server = Self {
             addr,
             db: None,
-            test_db,
+            _owned_db: test_db,
+            settings,
             stop: Some(stop),
             task: Some(task),
         };
         server.wait_until_serving().await;
-        server.db = Some(server.test_db.connect().await);
+        server.db = Some(
+            db::connect(&server.settings.database_url)
+                .await
+                .expect("connect to the test database"),
+        );
         server
     }
 
@@ -261,8 +279,8 @@ impl TestServer {
     pub async fn dump_all_tables(&self) -> String {
         let backend = self.db().get_database_backend();
         let mut out = String::new();
-        match self.test_db.backend() {
-            Backend::Postgres => {
+        match backend {
+            sea_orm::DbBackend::Postgres => {
                 let tables = self
                     .db()
                     .query_all_raw(Statement::from_string(
@@ -287,11 +305,11 @@ impl TestServer {
                     }
                 }
             }
-            Backend::Sqlite => {
+            _ => {
                 // The database file and its WAL hold every byte SQLite stored.
                 let path = self
-                    .test_db
-                    .url
+                    .settings
+                    .database_url
                     .trim_start_matches("sqlite://")
                     .split('?')
                     .next()

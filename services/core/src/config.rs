@@ -3,7 +3,11 @@
 
 use std::net::SocketAddr;
 
+use zeroize::Zeroizing;
+
+use crate::crypto::fernet_ring::{self, KeyRing};
 use crate::error::{Error, Result};
+use crate::platform_keys::EnvFallback;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keyhouse.db?mode=rwc";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8084";
@@ -29,6 +33,22 @@ pub struct ServerSettings {
     #[arg(long, env = "KEYHOUSE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Fernet keys for secrets at rest, comma-separated: the first encrypts, all decrypt.
+    #[arg(long, env = "KEYHOUSE_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<Secret>,
+
+    /// Ops-Center's single encryption key, accepted as a one-key ring.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, hide = true)]
+    pub encryption_key: Option<Secret>,
+
+    /// Provider base URLs as `name=url` pairs (comma-separated), for live key tests.
+    #[arg(long, env = "KEYHOUSE_PROVIDER_BASE_URLS", value_delimiter = ',')]
+    pub provider_base_urls: Vec<String>,
+
+    /// Platform-key fallback values; `None` reads the catalog's variables from the environment.
+    #[arg(skip)]
+    pub platform_env: Option<EnvFallback>,
+
     /// Log format: `pretty` or `json`.
     #[arg(
         long,
@@ -51,7 +71,67 @@ impl ServerSettings {
             cors_origins: Vec::new(),
             log_format: crate::telemetry::LogFormat::Pretty,
             keys: KeyPolicy::default(),
+            encryption_keys: None,
+            encryption_key: None,
+            provider_base_urls: Vec::new(),
+            platform_env: None,
         }
+    }
+
+    /// The key ring from the environment, or `None` when none is configured. A malformed key
+    /// is always an error.
+    pub fn configured_key_ring(&self) -> Result<Option<KeyRing>> {
+        match (&self.encryption_keys, &self.encryption_key) {
+            (Some(keys), _) => KeyRing::parse(keys.expose(), fernet_ring::KEYS_VAR).map(Some),
+            (None, Some(key)) => {
+                KeyRing::parse(key.expose(), fernet_ring::LEGACY_KEY_VAR).map(Some)
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The key ring, which the split services cannot start without.
+    pub fn required_key_ring(&self) -> Result<KeyRing> {
+        self.configured_key_ring()?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{} is not set: platform secrets and BYOK keys are encrypted with it; {}",
+                fernet_ring::KEYS_VAR,
+                fernet_ring::GENERATE_HINT
+            ))
+        })
+    }
+
+    pub fn platform_env(&self) -> EnvFallback {
+        self.platform_env
+            .clone()
+            .unwrap_or_else(EnvFallback::from_process)
+    }
+}
+
+/// A secret taken from the environment or a flag: zeroized on drop, never printed.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(Zeroizing::new(value.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }
 

@@ -2,12 +2,17 @@
 //! (gRPC, grpc-web, REST) calls into.
 
 pub mod auth;
+pub mod change_feed;
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod entities;
 pub mod error;
 pub mod grpc;
+pub mod paging;
+pub mod platform_keys;
+pub mod providers;
+pub mod rotation;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -13,15 +13,14 @@ use crate::crypto::api_key::ApiKey;
 use crate::crypto::mask;
 use crate::entities::user_api_keys;
 use crate::error::{Error, Result};
-use crate::storage::user_keys::{self as store, Cursor, NewSecret, Status};
+use crate::paging::{self, Cursor};
+use crate::storage::user_keys::{self as store, NewSecret, Status};
 use crate::storage::{audit, now};
 use crate::timestamp;
 
 pub const CREATE_WARNING: &str = "Save this API key now. You won't be able to see it again.";
 pub const REGENERATE_WARNING: &str =
     "Key regenerated! Save this new API key now. The old key is now invalid.";
-const DEFAULT_PAGE_SIZE: i32 = 50;
-const MAX_PAGE_SIZE: i32 = 500;
 
 #[derive(Clone)]
 pub struct UserKeys {
@@ -89,44 +88,23 @@ impl UserKeys {
         caller: &Caller,
         req: pb::ListKeysRequest,
     ) -> Result<pb::ListKeysResponse> {
-        let page_size = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n @ 1..=MAX_PAGE_SIZE => n,
-            n => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("page_size must be between 1 and {MAX_PAGE_SIZE}, got {n}"),
-                ));
-            }
-        };
+        let limit = paging::page_size(req.page_size)?;
         let status = match req.status.trim() {
             "" => None,
             s => Some(Status::parse(s).ok_or_else(|| {
                 Error::invalid("status", "status must be one of active, expired, revoked")
             })?),
         };
-        let after = match req.page_token.as_str() {
-            "" => None,
-            token => Some(decode_cursor(token)?),
-        };
+        let after = Cursor::decode(&req.page_token)?;
         let now = now();
-        let limit = u64::try_from(page_size).unwrap_or(50);
-        let mut rows =
-            store::list_page(&self.db, caller.user_id(), status, after, limit, now).await?;
-        let next_page_token = if rows.len() as u64 > limit {
-            rows.truncate(page_size as usize);
-            rows.last().map(|r| {
-                encode_cursor(Cursor {
-                    created_at: r.created_at,
-                    id: r.id,
-                })
-            })
-        } else {
-            None
-        };
+        let rows = store::list_page(&self.db, caller.user_id(), status, after, limit, now).await?;
+        let (rows, next_page_token) = paging::split_page(rows, limit, |r| Cursor {
+            at: r.created_at,
+            id: r.id,
+        });
         Ok(pb::ListKeysResponse {
             keys: rows.iter().map(|r| listed(r, now)).collect(),
-            next_page_token: next_page_token.unwrap_or_default(),
+            next_page_token,
         })
     }
 
@@ -327,36 +305,5 @@ fn listed(row: &user_api_keys::Model, now: DateTime<Utc>) -> pb::ApiKey {
         expires_at: row.expires_at.map(timestamp),
         is_active: row.is_active,
         status: Status::of(row, now).as_str().to_owned(),
-    }
-}
-
-fn encode_cursor(c: Cursor) -> String {
-    hex::encode(format!("{}|{}", c.created_at.timestamp_micros(), c.id))
-}
-
-fn decode_cursor(token: &str) -> Result<Cursor> {
-    let bad = || Error::invalid("page_token", "invalid page_token");
-    let raw = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
-    let created_at =
-        DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-    Ok(Cursor {
-        created_at,
-        id: Uuid::parse_str(id).map_err(|_| bad())?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip() {
-        let c = Cursor {
-            created_at: now(),
-            id: Uuid::new_v4(),
-        };
-        assert_eq!(decode_cursor(&encode_cursor(c)).expect("decodes"), c);
-        assert!(decode_cursor("zz").is_err());
     }
 }

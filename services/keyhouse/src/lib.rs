@@ -1,6 +1,7 @@
 //! The embedded deployment: every keyhouse service in one process on one port, migrating its
 //! database on start. `main.rs` parses the command line; tests call `serve` directly.
 
+use keyhouse_core::change_feed::ChangeFeed;
 use keyhouse_core::config::ServerSettings;
 use keyhouse_core::db;
 use keyhouse_core::server::{self, Services};
@@ -8,6 +9,7 @@ use keyhouse_platform_keys::PlatformKeyGrpc;
 use keyhouse_user_keys::UserKeyGrpc;
 
 pub mod duration;
+pub mod key_file;
 
 pub async fn serve(
     settings: ServerSettings,
@@ -15,13 +17,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     settings.keys.validate()?;
+    let ring = key_file::key_ring(&settings, true)?;
     let db = db::connect(&settings.database_url).await?;
     let applied = db::migrate(&db).await?;
     if applied > 0 {
         tracing::info!(applied, database = %db::redact_url(&settings.database_url), "database migrated");
     }
     let mut services = Services::default();
+    let feed = ChangeFeed::start(&db, &settings.database_url).await?;
     UserKeyGrpc::new(db.clone(), settings.keys.clone()).register(&mut services);
-    PlatformKeyGrpc::new(db).register(&mut services);
+    PlatformKeyGrpc::new(db, ring, &settings, feed)?.register(&mut services);
     server::serve(listener, services, &settings.cors_origins, shutdown).await
 }

@@ -1,7 +1,8 @@
 use clap::{Parser, Subcommand};
 use keyhouse_core::auth::Role;
 use keyhouse_core::config::{DEFAULT_DATABASE_URL, ServerSettings};
-use keyhouse_core::{db, server, storage, telemetry};
+use keyhouse_core::crypto::fernet_ring::KeyRing;
+use keyhouse_core::{db, rotation, server, storage, telemetry};
 
 /// keyhouse: API keys for an LLM gateway. `keyhouse serve` runs everything on one port.
 #[derive(Parser)]
@@ -12,6 +13,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Serve every keyhouse service on one port, migrating the database first.
     Serve(ServerSettings),
@@ -23,6 +25,28 @@ enum Command {
     /// Manage sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Manage the encryption of stored secrets.
+    #[command(subcommand)]
+    Encryption(EncryptionCommand),
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+enum EncryptionCommand {
+    /// Print a new Fernet key for KEYHOUSE_ENCRYPTION_KEYS.
+    GenerateKey,
+    /// Re-encrypt every stored secret under the first key of the ring. Safe to interrupt and
+    /// to run again.
+    Rotate {
+        #[command(flatten)]
+        settings: ServerSettings,
+        /// Rows read per batch.
+        #[arg(long, default_value_t = 100)]
+        batch_size: u64,
+        /// Stop after re-encrypting this many rows (for a staged rotation).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +106,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db::ensure_schema_current(&db).await?;
             let token = storage::sessions::create(&db, &user, &email, role, ttl).await?;
             println!("{}", token.as_str());
+            Ok(())
+        }
+        Command::Encryption(EncryptionCommand::GenerateKey) => {
+            println!("{}", KeyRing::generate_key());
+            Ok(())
+        }
+        Command::Encryption(EncryptionCommand::Rotate {
+            settings,
+            batch_size,
+            limit,
+        }) => {
+            let ring = keyhouse::key_file::key_ring(&settings, false)?;
+            let db = db::connect(&settings.database_url).await?;
+            db::ensure_schema_current(&db).await?;
+            let done = rotation::rotate(&db, &ring, batch_size.max(1), limit, |p| {
+                eprintln!(
+                    "{}: {} re-encrypted, {} already current",
+                    p.table, p.rotated, p.current
+                );
+            })
+            .await?;
+            let rotated: usize = done.iter().map(|p| p.rotated).sum();
+            eprintln!("rotation finished: {rotated} secret(s) re-encrypted under the primary key");
             Ok(())
         }
     }

@@ -143,6 +143,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     settings.keys.validate()?;
+    // BYOK keys are encrypted with the ring: refuse to start without one, not at first use.
+    let _ring = settings.required_key_ring()?;
     let db = db::connect(&settings.database_url).await?;
     db::ensure_schema_current(&db).await?;
     let mut services = Services::default();

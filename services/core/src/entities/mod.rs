@@ -1,5 +1,8 @@
 //! SeaORM entities, one file per table of `migrations/`.
 
 pub mod audit_events;
+pub mod platform_key_versions;
+pub mod platform_settings;
 pub mod sessions;
 pub mod user_api_keys;
+pub mod user_provider_keys;

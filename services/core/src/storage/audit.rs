@@ -1,7 +1,13 @@
 //! The audit trail: one row per state change or secret read, written in the same transaction
 //! as the change. Details never hold a secret.
 
-use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Condition;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::entities::audit_events;
@@ -26,4 +32,55 @@ pub async fn record(
     .insert(conn)
     .await?;
     Ok(())
+}
+
+/// What ListAuditEvents filters on; `None` means any.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One page of events, newest first; `limit + 1` rows are read to know if more follow.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    filter: &Filter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: u64,
+) -> Result<Vec<audit_events::Model>> {
+    use audit_events::Column;
+    let mut query = audit_events::Entity::find();
+    if let Some(actor) = &filter.actor {
+        query = query.filter(Column::Actor.eq(actor.as_str()));
+    }
+    if let Some(action) = &filter.action {
+        query = query.filter(Column::Action.eq(action.as_str()));
+    }
+    if let Some(target) = &filter.target {
+        query = query.filter(Column::Target.eq(target.as_str()));
+    }
+    if let Some(since) = filter.since {
+        query = query.filter(Column::OccurredAt.gte(since));
+    }
+    if let Some(until) = filter.until {
+        query = query.filter(Column::OccurredAt.lt(until));
+    }
+    if let Some((at, id)) = after {
+        query = query.filter(
+            Condition::any().add(Column::OccurredAt.lt(at)).add(
+                Condition::all()
+                    .add(Column::OccurredAt.eq(at))
+                    .add(Column::Id.lt(id)),
+            ),
+        );
+    }
+    Ok(query
+        .order_by_desc(Column::OccurredAt)
+        .order_by_desc(Column::Id)
+        .limit(limit + 1)
+        .all(conn)
+        .await?)
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::entities::user_api_keys::{self, ActiveModel, Column, Entity, Model};
 use crate::error::Result;
+use crate::paging::Cursor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -76,13 +77,6 @@ pub async fn find_owned(
         .await?)
 }
 
-/// Where the previous page ended: keys strictly older than this come next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cursor {
-    pub created_at: DateTime<Utc>,
-    pub id: Uuid,
-}
-
 /// One page of a user's keys, newest first; `limit + 1` rows are read to know if more follow.
 pub async fn list_page(
     conn: &impl ConnectionTrait,
@@ -98,13 +92,11 @@ pub async fn list_page(
     }
     if let Some(c) = after {
         query = query.filter(
-            Condition::any()
-                .add(Column::CreatedAt.lt(c.created_at))
-                .add(
-                    Condition::all()
-                        .add(Column::CreatedAt.eq(c.created_at))
-                        .add(Column::Id.lt(c.id)),
-                ),
+            Condition::any().add(Column::CreatedAt.lt(c.at)).add(
+                Condition::all()
+                    .add(Column::CreatedAt.eq(c.at))
+                    .add(Column::Id.lt(c.id)),
+            ),
         );
     }
     Ok(query

@@ -1,0 +1,135 @@
+//! Change notifications between replicas. On PostgreSQL a change is a NOTIFY sent inside the
+//! transaction that made it, so every replica (this one included) hears of it exactly when it
+//! commits; on SQLite, where there is one process, an in-process broadcast after the commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement};
+use tokio::sync::broadcast;
+
+use crate::error::Result;
+
+const CHANNEL: &str = "keyhouse_changes";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A platform key's stored value changed (by its catalog name).
+    PlatformKey(String),
+    /// Notifications may have been missed (a reconnect, a slow subscriber): re-read everything.
+    Resync,
+}
+
+impl Change {
+    fn encode(&self) -> Option<String> {
+        match self {
+            Change::PlatformKey(name) => Some(format!("platform_key:{name}")),
+            Change::Resync => None,
+        }
+    }
+
+    fn decode(payload: &str) -> Option<Self> {
+        let (kind, value) = payload.split_once(':')?;
+        match kind {
+            "platform_key" => Some(Change::PlatformKey(value.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ChangeFeed {
+    tx: broadcast::Sender<Change>,
+    backend: DbBackend,
+    _listener: Option<Arc<AbortOnDrop>>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ChangeFeed {
+    /// Starts the feed; on PostgreSQL this opens a LISTEN connection to `url` that lives as
+    /// long as the feed.
+    pub async fn start(db: &DatabaseConnection, url: &str) -> Result<Self> {
+        let (tx, _) = broadcast::channel(1024);
+        let backend = db.get_database_backend();
+        let listener = if backend == DbBackend::Postgres {
+            let mut listener = PgListener::connect(url)
+                .await
+                .map_err(crate::Error::internal)?;
+            listener
+                .listen(CHANNEL)
+                .await
+                .map_err(crate::Error::internal)?;
+            Some(Arc::new(AbortOnDrop(tokio::spawn(listen(
+                listener,
+                url.to_owned(),
+                tx.clone(),
+            )))))
+        } else {
+            None
+        };
+        Ok(Self {
+            tx,
+            backend,
+            _listener: listener,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+
+    /// Commits `txn` and announces `changes` to every replica.
+    pub async fn commit(&self, txn: DatabaseTransaction, changes: &[Change]) -> Result<()> {
+        if self.backend == DbBackend::Postgres {
+            for payload in changes.iter().filter_map(Change::encode) {
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_notify($1, $2)",
+                    [CHANNEL.into(), payload.into()],
+                ))
+                .await?;
+            }
+            txn.commit().await?;
+        } else {
+            txn.commit().await?;
+            for change in changes {
+                let _ = self.tx.send(change.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn listen(mut listener: PgListener, url: String, tx: broadcast::Sender<Change>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(note)) => {
+                if let Some(change) = Change::decode(note.payload()) {
+                    let _ = tx.send(change);
+                }
+            }
+            // The connection dropped and sqlx reconnected: anything sent meanwhile is lost.
+            Ok(None) => {
+                let _ = tx.send(Change::Resync);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed: LISTEN connection failed; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(mut fresh) = PgListener::connect(&url).await
+                    && fresh.listen(CHANNEL).await.is_ok()
+                {
+                    listener = fresh;
+                    let _ = tx.send(Change::Resync);
+                }
+            }
+        }
+    }
+}

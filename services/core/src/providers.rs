@@ -1,0 +1,158 @@
+//! Live checks of provider keys: one cheap authenticated request, timed. Shared by platform
+//! keys and BYOK. Base URLs come from configuration so that tests (and closed networks) can
+//! point them elsewhere. Neither the key nor a URL that could carry it is ever logged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// The key in the named header.
+    Header(&'static str),
+}
+
+/// The request that proves a key works.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveTest {
+    pub post: bool,
+    pub path: &'static str,
+    pub auth: Auth,
+    pub headers: &'static [(&'static str, &'static str)],
+    pub json_body: Option<&'static str>,
+}
+
+impl LiveTest {
+    pub const fn get(path: &'static str, auth: Auth) -> Self {
+        Self {
+            post: false,
+            path,
+            auth,
+            headers: &[],
+            json_body: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The provider accepted the key (2xx).
+    pub ok: bool,
+    /// 0 when the provider did not answer.
+    pub status_code: i32,
+    pub latency_ms: i64,
+    pub detail: String,
+    /// The provider answered that the key is not valid (401/403).
+    pub rejected: bool,
+}
+
+/// Runs `test` against `base_url` with `key`, within `timeout`.
+pub async fn run(
+    client: &reqwest::Client,
+    base_url: &str,
+    test: &LiveTest,
+    key: &str,
+    timeout: Duration,
+) -> Outcome {
+    let url = format!("{}{}", base_url.trim_end_matches('/'), test.path);
+    let mut req = if test.post {
+        client.post(&url)
+    } else {
+        client.get(&url)
+    };
+    req = match test.auth {
+        Auth::Bearer => req.bearer_auth(key),
+        Auth::Header(name) => req.header(name, key),
+    };
+    for (name, value) in test.headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(body) = test.json_body {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let started = Instant::now();
+    let result = req.timeout(timeout).send().await;
+    let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    match result {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let (ok, rejected, detail) = match code {
+                200..=299 => (true, false, "key accepted".to_owned()),
+                401 | 403 => (
+                    false,
+                    true,
+                    format!("the provider rejected the key (HTTP {code})"),
+                ),
+                _ => (false, false, format!("the provider answered HTTP {code}")),
+            };
+            Outcome {
+                ok,
+                status_code: i32::from(code),
+                latency_ms,
+                detail,
+                rejected,
+            }
+        }
+        Err(e) => {
+            // reqwest's error text can include the URL; only the kind is reported.
+            let detail = if e.is_timeout() {
+                format!("no answer within {} s", timeout.as_secs())
+            } else if e.is_connect() {
+                "could not connect to the provider".to_owned()
+            } else {
+                "the request to the provider failed".to_owned()
+            };
+            Outcome {
+                ok: false,
+                status_code: 0,
+                latency_ms,
+                detail,
+                rejected: false,
+            }
+        }
+    }
+}
+
+/// Provider base URLs: the catalog's defaults, overridden by `name=url` pairs from
+/// `KEYHOUSE_PROVIDER_BASE_URLS`.
+#[derive(Clone, Debug, Default)]
+pub struct BaseUrls(HashMap<String, String>);
+
+impl BaseUrls {
+    pub fn parse(pairs: &[String]) -> Result<Self> {
+        let mut map = HashMap::new();
+        for pair in pairs.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            let (name, url) = pair.split_once('=').ok_or_else(|| {
+                Error::invalid(
+                    "KEYHOUSE_PROVIDER_BASE_URLS",
+                    format!("KEYHOUSE_PROVIDER_BASE_URLS: '{pair}' is not name=url"),
+                )
+            })?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::invalid(
+                    "KEYHOUSE_PROVIDER_BASE_URLS",
+                    format!(
+                        "KEYHOUSE_PROVIDER_BASE_URLS: the URL for '{name}' must start with http:// or https://"
+                    ),
+                ));
+            }
+            map.insert(name.trim().to_owned(), url.trim().to_owned());
+        }
+        Ok(Self(map))
+    }
+
+    pub fn get<'a>(&'a self, name: &str, default: &'a str) -> &'a str {
+        self.0.get(name).map_or(default, String::as_str)
+    }
+}
+
+pub fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("keyhouse/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(Error::internal)
+}

@@ -1,0 +1,128 @@
+//! Queries over `platform_settings` (the current value of each platform key) and
+//! `platform_key_versions` (every value it has had).
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+
+use crate::entities::{platform_key_versions as versions, platform_settings as settings};
+use crate::error::Result;
+
+pub const CATEGORY: &str = "platform_keys";
+
+pub async fn current(conn: &impl ConnectionTrait, name: &str) -> Result<Option<settings::Model>> {
+    Ok(settings::Entity::find_by_id(name.to_owned())
+        .one(conn)
+        .await?)
+}
+
+pub async fn all_current(conn: &impl ConnectionTrait) -> Result<Vec<settings::Model>> {
+    Ok(settings::Entity::find()
+        .filter(settings::Column::Category.eq(CATEGORY))
+        .all(conn)
+        .await?)
+}
+
+pub async fn versions(conn: &impl ConnectionTrait, name: &str) -> Result<Vec<versions::Model>> {
+    Ok(versions::Entity::find()
+        .filter(versions::Column::Name.eq(name))
+        .order_by_desc(versions::Column::Version)
+        .all(conn)
+        .await?)
+}
+
+pub async fn version(
+    conn: &impl ConnectionTrait,
+    name: &str,
+    version: i64,
+) -> Result<Option<versions::Model>> {
+    Ok(versions::Entity::find()
+        .filter(versions::Column::Name.eq(name))
+        .filter(versions::Column::Version.eq(version))
+        .one(conn)
+        .await?)
+}
+
+/// The previews of the given (name, version) pairs' versions, for listing.
+pub async fn previews(
+    conn: &impl ConnectionTrait,
+    current: &[settings::Model],
+) -> Result<Vec<(String, i64, String)>> {
+    let mut out = Vec::with_capacity(current.len());
+    for row in current {
+        if let Some(v) = version(conn, &row.key, row.version).await? {
+            out.push((row.key.clone(), row.version, v.key_preview));
+        }
+    }
+    Ok(out)
+}
+
+pub struct NewVersion<'a> {
+    pub name: &'a str,
+    pub ciphertext: String,
+    pub key_preview: String,
+    pub created_by: &'a str,
+    pub rolled_back_from: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
+/// Records a new version and makes it current; returns its number. Run it in a transaction.
+pub async fn store(conn: &impl ConnectionTrait, new: NewVersion<'_>) -> Result<i64> {
+    let latest: Option<i64> = versions::Entity::find()
+        .select_only()
+        .column_as(versions::Column::Version.max(), "max")
+        .filter(versions::Column::Name.eq(new.name))
+        .into_tuple::<Option<i64>>()
+        .one(conn)
+        .await?
+        .flatten();
+    let number = latest.unwrap_or(0) + 1;
+    versions::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        name: Set(new.name.to_owned()),
+        version: Set(number),
+        ciphertext: Set(new.ciphertext.clone()),
+        key_preview: Set(new.key_preview),
+        created_by: Set(new.created_by.to_owned()),
+        created_at: Set(new.at),
+        rolled_back_from: Set(new.rolled_back_from),
+    }
+    .insert(conn)
+    .await?;
+    let row = settings::ActiveModel {
+        key: Set(new.name.to_owned()),
+        value: Set(new.ciphertext),
+        category: Set(CATEGORY.to_owned()),
+        is_secret: Set(true),
+        version: Set(number),
+        updated_by: Set(Some(new.created_by.to_owned())),
+        updated_at: Set(new.at),
+    };
+    settings::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(settings::Column::Key)
+                .update_columns([
+                    settings::Column::Value,
+                    settings::Column::Category,
+                    settings::Column::IsSecret,
+                    settings::Column::Version,
+                    settings::Column::UpdatedBy,
+                    settings::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await?;
+    Ok(number)
+}
+
+/// Removes the current value (history stays); returns whether there was one.
+pub async fn delete_current(conn: &impl ConnectionTrait, name: &str) -> Result<bool> {
+    let res = settings::Entity::delete_by_id(name.to_owned())
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected > 0)
+}
