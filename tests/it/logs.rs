@@ -1,89 +1,27 @@
-//! The README's walkthrough against the real `keyhouse` binary with trace-level logging: the
-//! log must hold neither an API key nor a session token.
-
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+//! The README's walkthroughs against the real `keyhouse` binary with trace-level logging: the
+//! log must hold no API key, no session token and no platform secret.
 
 use keyhouse_proto::v1 as pb;
+use pb::platform_key_service_client::PlatformKeyServiceClient;
+use pb::user_key_service_client::UserKeyServiceClient;
 
-use crate::support::TempDir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_keyhouse");
-
-fn keyhouse(db_url: &str, log: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env("DATABASE_URL", db_url)
-        .env("KEYHOUSE_LOG", "trace")
-        .env("KEYHOUSE_LOG_FORMAT", "json")
-        .env("KEYHOUSE_BCRYPT_COST", "4")
-        .env("KEYHOUSE_LISTEN", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .expect("log file"),
-        );
-    cmd
-}
+use crate::binary::{self, Keyhouse};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_walkthrough_at_trace_level_logs_no_key_and_no_session_token() {
-    let dir = TempDir::new();
-    let log = dir.0.join("keyhouse.log");
-    let db_url = format!("sqlite://{}/keyhouse.db?mode=rwc", dir.0.display());
-
-    let migrate = keyhouse(&db_url, &log)
-        .arg("migrate")
-        .output()
-        .expect("keyhouse migrate");
-    assert!(migrate.status.success());
-
-    let created = keyhouse(&db_url, &log)
-        .args([
-            "session",
-            "create",
-            "--user",
-            "alice",
-            "--email",
-            "alice@example.com",
-            "--role",
-            "user",
-            "--ttl",
-            "1h",
-        ])
-        .output()
-        .expect("keyhouse session create");
-    assert!(created.status.success());
-    let stdout = String::from_utf8(created.stdout).expect("utf-8");
-    let token = stdout.trim_end().to_owned();
+async fn the_walkthrough_at_trace_level_logs_no_key_no_token_and_no_secret() {
+    let kh = Keyhouse::on_sqlite();
+    kh.run(&["migrate"]);
+    let token = kh.session("alice", "user");
     assert!(
         token.starts_with("ks_") && !token.contains('\n'),
-        "stdout is only the token: {stdout:?}"
+        "stdout is only the token: {token:?}"
     );
+    let admin = kh.session("root", "admin");
 
-    let mut server = keyhouse(&db_url, &log)
-        .arg("serve")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("keyhouse serve");
-    let addr = wait_for_address(&log).await;
-
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let auth = format!("Bearer {token}");
-    let mut client = pb::user_key_service_client::UserKeyServiceClient::with_interceptor(
-        channel,
-        move |mut req: tonic::Request<()>| {
-            req.metadata_mut()
-                .insert("authorization", auth.parse().expect("ascii"));
-            Ok(req)
-        },
+    let (server, addr) = kh.serve().await;
+    let mut client = UserKeyServiceClient::with_interceptor(
+        binary::channel(&addr).await,
+        binary::bearer(&token),
     );
     let key = client
         .create_key(pb::CreateKeyRequest {
@@ -118,64 +56,49 @@ async fn the_walkthrough_at_trace_level_logs_no_key_and_no_session_token() {
         .await
         .expect("revoke");
 
-    // SIGTERM, as Kubernetes sends it: the server drains and exits cleanly.
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert!(
-        status.success(),
-        "keyhouse serve exits 0 on SIGTERM, got {status}"
+    let platform_secret = "sk-or-v1-trace-level-secret-0001";
+    let mut platform = PlatformKeyServiceClient::with_interceptor(
+        binary::channel(&addr).await,
+        binary::bearer(&admin),
     );
+    platform
+        .update_platform_key(pb::UpdatePlatformKeyRequest {
+            name: "openrouter".into(),
+            api_key: platform_secret.into(),
+        })
+        .await
+        .expect("update");
+    let read = platform
+        .get_decrypted_platform_key(pb::GetDecryptedPlatformKeyRequest {
+            name: "openrouter".into(),
+            reason: "walkthrough".into(),
+        })
+        .await
+        .expect("decrypt")
+        .into_inner();
+    assert_eq!(read.api_key, platform_secret);
+    binary::stop(server).await;
 
-    let mut text = String::new();
-    std::fs::File::open(&log)
-        .expect("log")
-        .read_to_string(&mut text)
-        .expect("read log");
+    let text = kh.log_text();
     assert!(
         text.contains("\"level\":\"TRACE\""),
         "the log is at trace level"
     );
     assert!(
-        text.contains("API key created"),
+        text.contains("API key created") && text.contains("platform key decrypted"),
         "the log covers the walkthrough"
     );
     for (what, secret) in [
-        ("the first key", &key.api_key),
-        ("the regenerated key", &new.api_key),
-        ("the session token", &token),
+        ("the first key", key.api_key.as_str()),
+        ("the regenerated key", new.api_key.as_str()),
+        ("the user's session token", token.as_str()),
+        ("the admin's session token", admin.as_str()),
+        ("the platform secret", platform_secret),
     ] {
-        assert!(!text.contains(secret.as_str()), "{what} is in the log");
+        assert!(!text.contains(secret), "{what} is in the log");
         assert!(
-            !text.contains(&secret[15..]),
+            !text.contains(&secret[12..]),
             "part of {what} is in the log"
         );
     }
-}
-
-async fn wait_for_address(log: &std::path::Path) -> String {
-    for _ in 0..400 {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("serving gRPC, grpc-web and REST"))
-        {
-            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
-            return value["fields"]["addr"]
-                .as_str()
-                .expect("addr field")
-                .to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "keyhouse serve did not start; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
 }

@@ -4,6 +4,8 @@
 mod support;
 
 mod auth;
+mod binary;
+mod embedded;
 mod logs;
 mod platform_keys;
 mod platform_watch;

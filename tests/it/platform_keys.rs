@@ -17,6 +17,7 @@ on_both_databases!(
     a_decrypt_is_audited_with_its_actor_and_the_audit_trail_is_filterable,
     stored_ciphertext_does_not_contain_the_secret,
     test_platform_key_reports_what_the_provider_answers,
+    no_audit_event_means_no_secret,
 );
 
 const OPENROUTER: &str = "sk-or-v1-0123456789abcdef0123456789abcdef";
@@ -646,4 +647,41 @@ async fn test_platform_key_reports_what_the_provider_answers(backend: Backend) {
         .expect_err("no live test");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("no live test"));
+}
+
+async fn no_audit_event_means_no_secret(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut c = admin(&server).await;
+    c.update_platform_key(update("openrouter", OPENROUTER))
+        .await
+        .expect("update");
+    // The audit trail becomes unwritable.
+    server.exec("DROP TABLE audit_events").await;
+    let status = c
+        .get_decrypted_platform_key(pb::GetDecryptedPlatformKeyRequest {
+            name: name_of("openrouter"),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("the read cannot be audited");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Internal, "internal error")
+    );
+    let status = c
+        .update_platform_key(update("openrouter", "sk-or-v1-never-stored-000"))
+        .await
+        .expect_err("nor a change");
+    assert_eq!(status.code(), Code::Internal);
+    let versions = c
+        .list_platform_key_versions(pb::ListPlatformKeyVersionsRequest {
+            name: name_of("openrouter"),
+        })
+        .await
+        .expect("versions");
+    assert_eq!(
+        versions.into_inner().versions.len(),
+        1,
+        "the unaudited change was rolled back"
+    );
 }

@@ -1,0 +1,177 @@
+//! Running the real `keyhouse` binary: operator commands, and `keyhouse serve` with its log
+//! (JSON, trace level) in a file the test reads afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::support::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyhouse");
+
+pub struct Keyhouse {
+    pub dir: TempDir,
+    pub db_url: String,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Keyhouse {
+    /// A working directory with a SQLite database in it.
+    pub fn on_sqlite() -> Self {
+        let dir = TempDir::new();
+        let db_url = format!("sqlite://{}/keyhouse.db?mode=rwc", dir.0.display());
+        Self::on(dir, db_url)
+    }
+
+    pub fn on(dir: TempDir, db_url: String) -> Self {
+        let log = dir.0.join("keyhouse.log");
+        Self {
+            dir,
+            db_url,
+            log,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(&self.dir.0)
+            .env("DATABASE_URL", &self.db_url)
+            .env("KEYHOUSE_LOG", "trace")
+            .env("KEYHOUSE_LOG_FORMAT", "json")
+            .env("KEYHOUSE_BCRYPT_COST", "4")
+            .env("KEYHOUSE_LISTEN", "127.0.0.1:0")
+            // Only what the test sets: the machine's own keys must not leak in.
+            .env_remove("KEYHOUSE_ENCRYPTION_KEYS")
+            .env_remove("ENCRYPTION_KEY")
+            .stdin(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("log file"),
+            );
+        for (name, value) in &self.env {
+            cmd.env(name, value);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run keyhouse");
+        assert!(
+            out.status.success(),
+            "keyhouse {args:?} failed; log:\n{}",
+            self.log_text()
+        );
+        out
+    }
+
+    /// `keyhouse session create`, returning the token it printed.
+    pub fn session(&self, user: &str, role: &str) -> String {
+        let out = self.run(&[
+            "session",
+            "create",
+            "--user",
+            user,
+            "--email",
+            "e@example.com",
+            "--role",
+            role,
+            "--ttl",
+            "1h",
+        ]);
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim_end()
+            .to_owned()
+    }
+
+    /// Starts `keyhouse serve` and waits until it listens; returns it and its address.
+    pub async fn serve(&self) -> (Child, String) {
+        let before = self.log_text().len();
+        let child = self
+            .command(&["serve"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("keyhouse serve");
+        for _ in 0..400 {
+            let text = self.log_text();
+            if let Some(line) = text[before..]
+                .lines()
+                .find(|l| l.contains("serving gRPC, grpc-web and REST"))
+            {
+                let value: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+                return (
+                    child,
+                    value["fields"]["addr"]
+                        .as_str()
+                        .expect("addr field")
+                        .to_owned(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("keyhouse serve did not start; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
+    }
+}
+
+/// SIGTERM, as Kubernetes sends it; asserts a clean exit.
+pub async fn stop(child: Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        status.success(),
+        "keyhouse serve exits 0 on SIGTERM, got {status}"
+    );
+}
+
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+pub fn bearer(token: &str) -> impl tonic::service::Interceptor + Clone {
+    let value: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {token}").parse().expect("ascii");
+    move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", value.clone());
+        Ok(req)
+    }
+}
+
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
