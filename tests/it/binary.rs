@@ -120,6 +120,9 @@ impl Keyhouse {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("keyhouse serve did not start; log:\n{}", self.log_text());
     }
 
