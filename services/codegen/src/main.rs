@@ -1,5 +1,7 @@
-//! Regenerates everything in `gen/` from `proto/`: the Rust messages and tonic stubs, and the
-//! encoded descriptor set that reflection serves. Pure Rust (protox), so no system `protoc`.
+//! Regenerates everything in `gen/`: from `proto/`, the Rust messages and tonic stubs and the
+//! encoded descriptor set that reflection serves (pure Rust, protox: no system `protoc`); then,
+//! from the REST handlers, `gen/openapi.json` (by running `keyhouse openapi`, which is built
+//! on the freshly generated code).
 //!
 //! Usage: `cargo run -p keyhouse-codegen` (writes) or `cargo run -p keyhouse-codegen -- --check`
 //! (fails when the checked-in files differ from what the protos produce).
@@ -40,16 +42,12 @@ fn main() -> Result<()> {
         let name = generated
             .file_name()
             .context("generated file has no name")?;
-        let target: PathBuf = out.join(name);
-        let new = std::fs::read(&generated)?;
-        if std::fs::read(&target).ok().as_deref() != Some(new.as_slice()) {
-            if check {
-                stale.push(target.display().to_string());
-            } else {
-                std::fs::write(&target, new)?;
-                println!("wrote {}", target.display());
-            }
-        }
+        let target = out.join(name);
+        compare_or_write(&std::fs::read(generated)?, &target, check, &mut stale)?;
+    }
+    if stale.is_empty() {
+        let openapi = openapi_document(&root)?;
+        compare_or_write(&openapi, &root.join("gen/openapi.json"), check, &mut stale)?;
     }
     std::fs::remove_dir_all(&staging)?;
     if !stale.is_empty() {
@@ -59,6 +57,38 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn compare_or_write(new: &[u8], target: &Path, check: bool, stale: &mut Vec<String>) -> Result<()> {
+    if std::fs::read(target).ok().as_deref() == Some(new) {
+        return Ok(());
+    }
+    if check {
+        stale.push(target.display().to_string());
+    } else {
+        std::fs::write(target, new)?;
+        println!("wrote {}", target.display());
+    }
+    Ok(())
+}
+
+/// `keyhouse openapi`, built from this workspace.
+fn openapi_document(root: &Path) -> Result<Vec<u8>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "run", "--quiet", "--locked", "-p", "keyhouse", "--", "openapi",
+        ])
+        .output()
+        .context("running `keyhouse openapi`")?;
+    if !output.status.success() {
+        bail!(
+            "`keyhouse openapi` failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
 }
 
 fn generate(proto_dir: &Path, out: &Path) -> Result<()> {

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod paging;
 pub mod platform_keys;
 pub mod providers;
+pub mod rest;
 pub mod rotation;
 pub mod server;
 pub mod storage;

@@ -23,9 +23,18 @@ pub async fn serve(
     if applied > 0 {
         tracing::info!(applied, database = %db::redact_url(&settings.database_url), "database migrated");
     }
-    let mut services = Services::default();
+    let mut services = Services::new(db.clone());
     let feed = ChangeFeed::start(&db, &settings.database_url).await?;
     UserKeyGrpc::new(db.clone(), settings.keys.clone()).register(&mut services);
     PlatformKeyGrpc::new(db, ring, &settings, feed)?.register(&mut services);
     server::serve(listener, services, &settings.cors_origins, shutdown).await
+}
+
+/// The OpenAPI document of every REST path `keyhouse serve` answers: what `/openapi.json`
+/// serves and `gen/openapi.json` holds.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = server::docs::base_document();
+    doc.merge(<keyhouse_user_keys::rest::Docs as utoipa::OpenApi>::openapi());
+    doc.merge(<keyhouse_platform_keys::rest::Docs as utoipa::OpenApi>::openapi());
+    doc
 }

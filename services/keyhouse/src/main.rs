@@ -25,6 +25,8 @@ enum Command {
     /// Manage sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Print the OpenAPI document of the REST paths.
+    Openapi,
     /// Manage the encryption of stored secrets.
     #[command(subcommand)]
     Encryption(EncryptionCommand),
@@ -106,6 +108,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db::ensure_schema_current(&db).await?;
             let token = storage::sessions::create(&db, &user, &email, role, ttl).await?;
             println!("{}", token.as_str());
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", keyhouse::openapi_document().to_pretty_json()?);
             Ok(())
         }
         Command::Encryption(EncryptionCommand::GenerateKey) => {

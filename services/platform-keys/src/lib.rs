@@ -19,6 +19,8 @@ use sea_orm::DatabaseConnection;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
+pub mod rest;
+
 pub const SERVICE_NAME: &str = "keyhouse.v1.PlatformKeyService";
 
 #[derive(Clone)]
@@ -156,7 +158,7 @@ pub async fn run(
     let db = db::connect(&settings.database_url).await?;
     db::ensure_schema_current(&db).await?;
     let feed = ChangeFeed::start(&db, &settings.database_url).await?;
-    let mut services = Services::default();
+    let mut services = Services::new(db.clone());
     PlatformKeyGrpc::new(db, ring, &settings, feed)?.register(&mut services);
     server::serve(listener, services, &settings.cors_origins, shutdown).await
 }

@@ -11,6 +11,8 @@ use keyhouse_proto::v1::user_key_service_server::{UserKeyService, UserKeyService
 use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
+pub mod rest;
+
 pub const SERVICE_NAME: &str = "keyhouse.v1.UserKeyService";
 
 #[derive(Clone)]
@@ -27,8 +29,12 @@ impl UserKeyGrpc {
         }
     }
 
-    /// Adds this service to what a binary serves.
+    /// Adds this service (gRPC and its REST paths) to what a binary serves.
     pub fn register(self, services: &mut Services) {
+        services.rest = std::mem::take(&mut services.rest).merge(rest::router(self.clone()));
+        services
+            .openapi
+            .merge(<rest::Docs as utoipa::OpenApi>::openapi());
         services.grpc.add_service(UserKeyServiceServer::new(self));
         services.names.push(SERVICE_NAME);
     }
@@ -147,7 +153,7 @@ pub async fn run(
     let _ring = settings.required_key_ring()?;
     let db = db::connect(&settings.database_url).await?;
     db::ensure_schema_current(&db).await?;
-    let mut services = Services::default();
+    let mut services = Services::new(db.clone());
     UserKeyGrpc::new(db, settings.keys.clone()).register(&mut services);
     server::serve(listener, services, &settings.cors_origins, shutdown).await
 }

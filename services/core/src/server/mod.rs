@@ -11,14 +11,32 @@ use tonic_health::ServingStatus;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::ServerSettings;
+use sea_orm::DatabaseConnection;
+
+pub mod docs;
+mod probes;
 
 /// What one binary serves: its gRPC services (with their full names, for health and
-/// reflection) and its REST routes. Each service crate adds itself.
-#[derive(Default)]
+/// reflection), its REST routes and their OpenAPI description. Each service crate adds itself.
 pub struct Services {
     pub grpc: RoutesBuilder,
     pub names: Vec<&'static str>,
     pub rest: Router,
+    pub openapi: utoipa::openapi::OpenApi,
+    /// Checked by `/readyz`.
+    pub db: DatabaseConnection,
+}
+
+impl Services {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            grpc: RoutesBuilder::default(),
+            names: Vec::new(),
+            rest: Router::new(),
+            openapi: docs::base_document(),
+            db,
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops taking connections and drains in-flight calls.
@@ -55,7 +73,16 @@ pub async fn serve(
         .into_axum_router()
         .layer(tonic_web::GrpcWebLayer::new());
 
-    let mut app = services.rest.merge(grpc);
+    let rest = services
+        .rest
+        .layer(axum::middleware::from_fn(crate::rest::require_csrf_token))
+        .merge(docs::router(services.openapi))
+        .merge(probes::router(services.db));
+    let mut app = rest
+        .merge(grpc)
+        // Unknown paths answer like the REST API does, not with a gRPC error.
+        .fallback(probes::not_found)
+        .method_not_allowed_fallback(probes::method_not_allowed);
     if let Some(cors) = cors_layer(cors_origins)? {
         app = app.layer(cors);
     }

@@ -1,0 +1,386 @@
+//! The Ops-Center REST paths for platform keys (`/api/v1/admin/platform-keys`) and the audit
+//! trail (`/api/v1/admin/audit-events`). Each handler translates and calls the gRPC method.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use keyhouse_core::rest::{
+    self, ErrorBody, JsonBody, RestError, ValidationErrorBody, grpc_request,
+};
+use keyhouse_proto::v1 as pb;
+use keyhouse_proto::v1::platform_key_service_server::PlatformKeyService;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::PlatformKeyGrpc;
+
+pub fn router(service: PlatformKeyGrpc) -> Router {
+    Router::new()
+        .route("/api/v1/admin/platform-keys", get(list))
+        .route(
+            "/api/v1/admin/platform-keys/{name}",
+            put(update).delete(delete),
+        )
+        .route(
+            "/api/v1/admin/platform-keys/{name}/decrypted",
+            get(decrypted),
+        )
+        .route("/api/v1/admin/platform-keys/{name}/versions", get(versions))
+        .route(
+            "/api/v1/admin/platform-keys/{name}/rollback",
+            post(rollback),
+        )
+        .route("/api/v1/admin/platform-keys/{name}/test", post(test))
+        .route("/api/v1/admin/audit-events", get(audit_events))
+        .with_state(service)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(list, update, delete, decrypted, versions, rollback, test, audit_events),
+    components(schemas(PlatformKeyJson, PlatformKeyList, UpdateBody, UpdatedJson, DeletedJson, DecryptedJson,
+        VersionJson, VersionList, RollbackBody, TestedJson, AuditEventJson, AuditEventList, ErrorBody, ValidationErrorBody)),
+    tags((name = "platform-keys", description = "The platform's provider secrets (admins only)"))
+)]
+pub struct Docs;
+
+#[derive(Serialize, ToSchema)]
+pub struct PlatformKeyJson {
+    /// The catalog name, used in paths.
+    pub id: String,
+    /// The display name.
+    pub key_name: String,
+    pub description: String,
+    pub has_key: bool,
+    pub key_preview: Option<String>,
+    pub last_updated: Option<String>,
+    /// `database`, `environment` or `not_set`.
+    pub source: String,
+    pub version: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PlatformKeyList {
+    pub keys: Vec<PlatformKeyJson>,
+    pub total: usize,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct UpdateBody {
+    pub api_key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UpdatedJson {
+    pub success: bool,
+    pub message: String,
+    pub key_preview: String,
+    pub version: i64,
+    pub next_steps: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeletedJson {
+    pub success: bool,
+    pub message: String,
+    pub source: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DecryptedJson {
+    pub api_key: String,
+    pub source: String,
+    pub warning: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionJson {
+    pub version: i64,
+    pub key_preview: String,
+    pub created_by: String,
+    pub created_at: Option<String>,
+    pub is_current: bool,
+    pub rolled_back_from: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionList {
+    pub versions: Vec<VersionJson>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct RollbackBody {
+    pub version: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TestedJson {
+    pub ok: bool,
+    pub status_code: i32,
+    pub latency_ms: i64,
+    pub detail: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditEventJson {
+    pub id: String,
+    pub occurred_at: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub request_id: String,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditEventList {
+    pub events: Vec<AuditEventJson>,
+    pub next_page_token: Option<String>,
+}
+
+fn updated(out: pb::UpdatePlatformKeyResponse) -> Json<UpdatedJson> {
+    Json(UpdatedJson {
+        success: out.success,
+        message: out.message,
+        key_preview: out.key_preview,
+        version: out.version,
+        next_steps: out.next_steps,
+    })
+}
+
+/// Every catalog key, masked.
+#[utoipa::path(get, path = "/api/v1/admin/platform-keys", tag = "platform-keys",
+    responses((status = 200, body = PlatformKeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+) -> Result<Json<PlatformKeyList>, RestError> {
+    let keys = svc
+        .list_platform_keys(grpc_request(&headers, pb::ListPlatformKeysRequest {}))
+        .await?
+        .into_inner()
+        .keys;
+    let keys: Vec<PlatformKeyJson> = keys
+        .into_iter()
+        .map(|k| PlatformKeyJson {
+            id: k.name,
+            key_name: k.display_name,
+            description: k.description,
+            has_key: k.has_key,
+            key_preview: (!k.key_preview.is_empty()).then_some(k.key_preview),
+            last_updated: rest::rfc3339_opt(k.last_updated.as_ref()),
+            source: k.source,
+            version: k.version,
+        })
+        .collect();
+    Ok(Json(PlatformKeyList {
+        total: keys.len(),
+        keys,
+    }))
+}
+
+/// Store a new value (a new version).
+#[utoipa::path(put, path = "/api/v1/admin/platform-keys/{name}", tag = "platform-keys", params(("name" = String, Path)), request_body = UpdateBody,
+    responses((status = 200, body = UpdatedJson), (status = 404, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+async fn update(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> Result<Json<UpdatedJson>, RestError> {
+    let req = pb::UpdatePlatformKeyRequest {
+        name,
+        api_key: body.api_key,
+    };
+    Ok(updated(
+        svc.update_platform_key(grpc_request(&headers, req))
+            .await?
+            .into_inner(),
+    ))
+}
+
+/// Remove the stored value; the environment value applies again.
+#[utoipa::path(delete, path = "/api/v1/admin/platform-keys/{name}", tag = "platform-keys", params(("name" = String, Path)),
+    responses((status = 200, body = DeletedJson), (status = 404, body = ErrorBody)))]
+async fn delete(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<DeletedJson>, RestError> {
+    let out = svc
+        .delete_platform_key(grpc_request(
+            &headers,
+            pb::DeletePlatformKeyRequest { name },
+        ))
+        .await?
+        .into_inner();
+    Ok(Json(DeletedJson {
+        success: out.success,
+        message: out.message,
+        source: out.source,
+    }))
+}
+
+/// The full secret; the read is audited first.
+#[utoipa::path(get, path = "/api/v1/admin/platform-keys/{name}/decrypted", tag = "platform-keys",
+    params(("name" = String, Path), ("reason" = Option<String>, Query, description = "recorded in the audit event")),
+    responses((status = 200, body = DecryptedJson), (status = 404, body = ErrorBody)))]
+async fn decrypted(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<DecryptedJson>, RestError> {
+    let req = pb::GetDecryptedPlatformKeyRequest {
+        name,
+        reason: q.get("reason").cloned().unwrap_or_default(),
+    };
+    let out = svc
+        .get_decrypted_platform_key(grpc_request(&headers, req))
+        .await?
+        .into_inner();
+    Ok(Json(DecryptedJson {
+        api_key: out.api_key,
+        source: out.source,
+        warning: out.warning,
+    }))
+}
+
+/// The stored versions, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/platform-keys/{name}/versions", tag = "platform-keys", params(("name" = String, Path)),
+    responses((status = 200, body = VersionList), (status = 404, body = ErrorBody)))]
+async fn versions(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<VersionList>, RestError> {
+    let out = svc
+        .list_platform_key_versions(grpc_request(
+            &headers,
+            pb::ListPlatformKeyVersionsRequest { name },
+        ))
+        .await?
+        .into_inner();
+    let versions = out
+        .versions
+        .into_iter()
+        .map(|v| VersionJson {
+            created_at: rest::rfc3339_opt(v.created_at.as_ref()),
+            version: v.version,
+            key_preview: v.key_preview,
+            created_by: v.created_by,
+            is_current: v.is_current,
+            rolled_back_from: (v.rolled_back_from != 0).then_some(v.rolled_back_from),
+        })
+        .collect();
+    Ok(Json(VersionList { versions }))
+}
+
+/// Make an old version current again, as a new version.
+#[utoipa::path(post, path = "/api/v1/admin/platform-keys/{name}/rollback", tag = "platform-keys", params(("name" = String, Path)), request_body = RollbackBody,
+    responses((status = 200, body = UpdatedJson), (status = 404, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+async fn rollback(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<RollbackBody>,
+) -> Result<Json<UpdatedJson>, RestError> {
+    let req = pb::RollbackPlatformKeyRequest {
+        name,
+        version: body.version,
+    };
+    Ok(updated(
+        svc.rollback_platform_key(grpc_request(&headers, req))
+            .await?
+            .into_inner(),
+    ))
+}
+
+/// One cheap authenticated request to the provider.
+#[utoipa::path(post, path = "/api/v1/admin/platform-keys/{name}/test", tag = "platform-keys", params(("name" = String, Path)),
+    responses((status = 200, body = TestedJson), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn test(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<TestedJson>, RestError> {
+    let out = svc
+        .test_platform_key(grpc_request(&headers, pb::TestPlatformKeyRequest { name }))
+        .await?
+        .into_inner();
+    Ok(Json(TestedJson {
+        ok: out.ok,
+        status_code: out.status_code,
+        latency_ms: out.latency_ms,
+        detail: out.detail,
+    }))
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/audit-events", tag = "platform-keys",
+    params(("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query),
+           ("since" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339"),
+           ("page_size" = Option<i32>, Query), ("page_token" = Option<String>, Query)),
+    responses((status = 200, body = AuditEventList), (status = 403, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+async fn audit_events(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<AuditEventList>, RestError> {
+    let text = |k: &str| q.get(k).cloned().unwrap_or_default();
+    let req = pb::ListAuditEventsRequest {
+        actor: text("actor"),
+        action: text("action"),
+        target: text("target"),
+        since: time(q.get("since"), "since")?,
+        until: time(q.get("until"), "until")?,
+        page_size: rest::query_int(q.get("page_size"), "page_size")?,
+        page_token: text("page_token"),
+    };
+    let out = svc
+        .list_audit_events(grpc_request(&headers, req))
+        .await?
+        .into_inner();
+    let events = out
+        .events
+        .into_iter()
+        .map(|e| AuditEventJson {
+            occurred_at: rest::rfc3339_opt(e.occurred_at.as_ref()),
+            details: serde_json::from_str(&e.details_json).unwrap_or_default(),
+            id: e.id,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            request_id: e.request_id,
+        })
+        .collect();
+    Ok(Json(AuditEventList {
+        events,
+        next_page_token: (!out.next_page_token.is_empty()).then_some(out.next_page_token),
+    }))
+}
+
+fn time(
+    value: Option<&String>,
+    name: &'static str,
+) -> Result<Option<prost_types::Timestamp>, RestError> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(value.trim()).map_err(|_| {
+        RestError::validation(
+            "query",
+            name,
+            format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"),
+            "datetime_parsing",
+        )
+    })?;
+    Ok(Some(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }))
+}
