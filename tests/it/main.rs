@@ -5,10 +5,14 @@ mod support;
 
 mod auth;
 mod binary;
+mod docs_and_web;
 mod embedded;
 mod logs;
 mod platform_keys;
 mod platform_watch;
+mod rest_bad_requests;
+mod rest_platform_keys;
+mod rest_user_keys;
 mod server;
 mod stub;
 mod user_keys;

@@ -267,6 +267,19 @@ impl TestServer {
         )
     }
 
+    /// A real HTTP client for the REST paths.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    }
+
+    /// The full URL of a REST path on this server.
+    pub fn rest(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
     /// Runs SQL that returns nothing; for tests that move a row's clock.
     pub async fn exec(&self, sql: &str) {
         self.db()

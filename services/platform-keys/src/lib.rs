@@ -44,7 +44,12 @@ impl PlatformKeyGrpc {
         })
     }
 
+    /// Adds this service (gRPC and its REST paths) to what a binary serves.
     pub fn register(self, services: &mut Services) {
+        services.rest = std::mem::take(&mut services.rest).merge(rest::router(self.clone()));
+        services
+            .openapi
+            .merge(<rest::Docs as utoipa::OpenApi>::openapi());
         services
             .grpc
             .add_service(PlatformKeyServiceServer::new(self));

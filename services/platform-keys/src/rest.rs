@@ -154,7 +154,7 @@ fn updated(out: pb::UpdatePlatformKeyResponse) -> Json<UpdatedJson> {
 
 /// Every catalog key, masked.
 #[utoipa::path(get, path = "/api/v1/admin/platform-keys", tag = "platform-keys",
-    responses((status = 200, body = PlatformKeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = PlatformKeyList), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 403, description = "Forbidden (admins only, or CSRF check failed)", body = ErrorBody)))]
 async fn list(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -185,7 +185,7 @@ async fn list(
 
 /// Store a new value (a new version).
 #[utoipa::path(put, path = "/api/v1/admin/platform-keys/{name}", tag = "platform-keys", params(("name" = String, Path)), request_body = UpdateBody,
-    responses((status = 200, body = UpdatedJson), (status = 404, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = UpdatedJson), (status = 404, description = "Not found", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn update(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -205,7 +205,7 @@ async fn update(
 
 /// Remove the stored value; the environment value applies again.
 #[utoipa::path(delete, path = "/api/v1/admin/platform-keys/{name}", tag = "platform-keys", params(("name" = String, Path)),
-    responses((status = 200, body = DeletedJson), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = DeletedJson), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn delete(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -228,7 +228,7 @@ async fn delete(
 /// The full secret; the read is audited first.
 #[utoipa::path(get, path = "/api/v1/admin/platform-keys/{name}/decrypted", tag = "platform-keys",
     params(("name" = String, Path), ("reason" = Option<String>, Query, description = "recorded in the audit event")),
-    responses((status = 200, body = DecryptedJson), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = DecryptedJson), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn decrypted(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -252,7 +252,7 @@ async fn decrypted(
 
 /// The stored versions, newest first.
 #[utoipa::path(get, path = "/api/v1/admin/platform-keys/{name}/versions", tag = "platform-keys", params(("name" = String, Path)),
-    responses((status = 200, body = VersionList), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = VersionList), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn versions(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -282,7 +282,7 @@ async fn versions(
 
 /// Make an old version current again, as a new version.
 #[utoipa::path(post, path = "/api/v1/admin/platform-keys/{name}/rollback", tag = "platform-keys", params(("name" = String, Path)), request_body = RollbackBody,
-    responses((status = 200, body = UpdatedJson), (status = 404, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = UpdatedJson), (status = 404, description = "Not found", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn rollback(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -302,7 +302,7 @@ async fn rollback(
 
 /// One cheap authenticated request to the provider.
 #[utoipa::path(post, path = "/api/v1/admin/platform-keys/{name}/test", tag = "platform-keys", params(("name" = String, Path)),
-    responses((status = 200, body = TestedJson), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = TestedJson), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 async fn test(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -325,7 +325,7 @@ async fn test(
     params(("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query),
            ("since" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339"),
            ("page_size" = Option<i32>, Query), ("page_token" = Option<String>, Query)),
-    responses((status = 200, body = AuditEventList), (status = 403, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = AuditEventList), (status = 403, description = "Forbidden (admins only, or CSRF check failed)", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn audit_events(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,

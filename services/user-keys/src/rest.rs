@@ -128,7 +128,7 @@ impl From<pb::ApiKey> for ApiKeyJson {
 
 /// Create an API key; the response holds the full key, once.
 #[utoipa::path(post, path = "/api/v1/account/uc-api-keys", tag = "user-keys", request_body = CreateKeyBody,
-    responses((status = 201, body = IssuedKeyJson), (status = 401, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+    responses((status = 201, description = "Created: the only time the full key is shown", body = IssuedKeyJson), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn create_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -151,8 +151,8 @@ async fn create_key(
     params(("status" = Option<String>, Query, description = "active, expired or revoked"),
            ("page_size" = Option<i32>, Query, description = "1-500, default 50"),
            ("page_token" = Option<String>, Query, description = "from X-Next-Page-Token")),
-    responses((status = 200, body = Vec<ApiKeyJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))),
-              (status = 401, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<ApiKeyJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))),
+              (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn list_keys(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -179,7 +179,7 @@ async fn list_keys(
 
 /// One of the caller's keys.
 #[utoipa::path(get, path = "/api/v1/account/uc-api-keys/{key_id}", tag = "user-keys", params(("key_id" = String, Path)),
-    responses((status = 200, body = ApiKeyJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = ApiKeyJson), (status = 400, description = "Invalid key_id format", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn get_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -194,7 +194,7 @@ async fn get_key(
 
 /// Revoke a key (idempotent).
 #[utoipa::path(delete, path = "/api/v1/account/uc-api-keys/{key_id}", tag = "user-keys", params(("key_id" = String, Path)),
-    responses((status = 200, body = RevokedJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = RevokedJson), (status = 400, description = "Invalid key_id format", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn revoke_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -214,7 +214,7 @@ async fn revoke_key(
 /// Replace a key's secret; the old one stops working at once.
 #[utoipa::path(post, path = "/api/v1/account/uc-api-keys/{key_id}/regenerate", tag = "user-keys", params(("key_id" = String, Path)),
     request_body(content = Option<RegenerateKeyBody>, description = "optional"),
-    responses((status = 200, body = IssuedKeyJson), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = IssuedKeyJson), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn regenerate_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,

@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 
 use super::RestError;
 
@@ -85,14 +86,23 @@ async fn read<S: Send + Sync>(req: Request, state: &S, required: bool) -> Result
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RestError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
+        let mut loc = vec![serde_json::Value::from("body")];
+        for segment in err.path().iter() {
+            match segment {
+                Segment::Seq { index } => loc.push((*index).into()),
+                Segment::Map { key } => loc.push(key.as_str().into()),
+                Segment::Enum { variant } => loc.push(variant.as_str().into()),
+                Segment::Unknown => {}
+            }
+        }
         let inner = err.into_inner();
         let message = inner.to_string();
         if let Some(field) = message
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next())
         {
-            return RestError::validation("body", field, "Field required", "missing");
+            loc.push(field.into());
+            return RestError::at(loc, "Field required", "missing");
         }
         if inner.is_syntax() || inner.is_eof() {
             return RestError::validation(
@@ -102,7 +112,6 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RestError> {
                 "json_invalid",
             );
         }
-        let field = if path == "." { "" } else { path.as_str() };
-        RestError::validation("body", field, message, "type_error")
+        RestError::at(loc, message, "type_error")
     })
 }

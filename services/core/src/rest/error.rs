@@ -41,8 +41,9 @@ pub struct ValidationErrorBody {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ValidationItem {
-    /// Where: `["body", "<field>"]` or `["query", "<param>"]`.
-    pub loc: Vec<String>,
+    /// Where: `["body", "<field>", ...]` or `["query", "<param>"]`; list positions are numbers.
+    #[schema(value_type = Vec<Object>)]
+    pub loc: Vec<serde_json::Value>,
     pub msg: String,
     #[serde(rename = "type")]
     pub kind: String,
@@ -54,11 +55,14 @@ impl RestError {
     }
 
     pub fn validation(place: &str, field: &str, msg: impl Into<String>, kind: &str) -> Self {
-        let loc = if field.is_empty() {
-            vec![place.to_owned()]
-        } else {
-            vec![place.to_owned(), field.to_owned()]
-        };
+        let mut loc = vec![serde_json::Value::from(place)];
+        if !field.is_empty() {
+            loc.push(field.into());
+        }
+        Self::at(loc, msg, kind)
+    }
+
+    pub fn at(loc: Vec<serde_json::Value>, msg: impl Into<String>, kind: &str) -> Self {
         Self::Validation(vec![ValidationItem {
             loc,
             msg: msg.into(),
