@@ -57,6 +57,26 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_lists_every_rest_
     expected.sort_unstable();
     assert_eq!(listed, expected);
 
+    let probe = |path: &'static str| server.http().get(server.rest(path)).send();
+    assert_eq!(
+        probe("/healthz")
+            .await
+            .expect("healthz")
+            .json::<Value>()
+            .await
+            .expect("JSON")["status"],
+        "alive"
+    );
+    assert_eq!(
+        probe("/readyz")
+            .await
+            .expect("readyz")
+            .json::<Value>()
+            .await
+            .expect("JSON")["status"],
+        "ready"
+    );
+
     for page in ["/docs/", "/redoc", "/redoc/redoc.standalone.js"] {
         let res = server
             .http()

@@ -60,7 +60,7 @@ async fn the_user_key_paths_answer_in_the_ops_center_shapes(backend: Backend) {
     let second: Value = http
         .post(server.rest(KEYS))
         .header("authorization", &auth)
-        .json(&json!({"name": "second"}))
+        .json(&json!({"name": "second", "an_unknown_field": [1, 2]}))
         .send()
         .await
         .expect("POST")
