@@ -12,6 +12,13 @@ pub struct CreateKeyRequest {
     /// Empty means the default: \["llm:inference", "llm:models"\].
     #[prost(string, repeated, tag = "3")]
     pub permissions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Requests per minute VerifyKey allows for this key, 1..=1000000; unset is unlimited.
+    #[prost(int32, optional, tag = "4")]
+    pub rate_limit_per_minute: ::core::option::Option<i32>,
+    /// Networks (CIDR, IPv4 or IPv6; a bare address is a /32 or /128) the key may be used from,
+    /// checked by VerifyKey when the gateway passes `client_ip`. Empty is anywhere.
+    #[prost(string, repeated, tag = "5")]
+    pub allowed_ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// A key as minted by CreateKey or RegenerateKey: the only message that ever carries the secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -65,6 +72,11 @@ pub struct ApiKey {
     /// `active`, `expired` or `revoked`.
     #[prost(string, tag = "9")]
     pub status: ::prost::alloc::string::String,
+    /// Unset is unlimited.
+    #[prost(int32, optional, tag = "10")]
+    pub rate_limit_per_minute: ::core::option::Option<i32>,
+    #[prost(string, repeated, tag = "11")]
+    pub allowed_ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListKeysRequest {
@@ -213,6 +225,37 @@ pub mod verify_key_response {
             }
         }
     }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetKeyUsageRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    /// Start of the range (inclusive); unset is 30 days before `to`.
+    #[prost(message, optional, tag = "2")]
+    pub from: ::core::option::Option<::prost_types::Timestamp>,
+    /// End of the range (exclusive); unset is now.
+    #[prost(message, optional, tag = "3")]
+    pub to: ::core::option::Option<::prost_types::Timestamp>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HourlyUsage {
+    /// The start of the hour, UTC.
+    #[prost(message, optional, tag = "1")]
+    pub hour: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(int64, tag = "2")]
+    pub requests: i64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetKeyUsageResponse {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub total_requests: i64,
+    /// Hours with at least one request, oldest first.
+    #[prost(message, repeated, tag = "3")]
+    pub hours: ::prost::alloc::vec::Vec<HourlyUsage>,
+    #[prost(message, optional, tag = "4")]
+    pub last_used: ::core::option::Option<::prost_types::Timestamp>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListProvidersRequest {}
@@ -541,7 +584,8 @@ pub mod user_key_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Checks a presented API key for the gateway. The key itself is the credential: no session
-        /// is needed. Answers `valid` with a reason rather than an error for a bad key.
+        /// is needed. Answers `valid` with a reason rather than an error for a bad key. Verdicts are
+        /// cached in memory; revocation, regeneration and expiry take effect at once on every replica.
         /// Errors: INVALID_ARGUMENT when `api_key` is empty; UNAVAILABLE when storage cannot be reached
         /// and the answer is not cached.
         pub async fn verify_key(
@@ -566,6 +610,33 @@ pub mod user_key_service_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("keyhouse.v1.UserKeyService", "VerifyKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Verification counts of one of the caller's keys (admins: any key), per hour, between `from`
+        /// and `to`. Counts are written behind in batches, so the last seconds may not show yet.
+        /// Errors: INVALID_ARGUMENT "invalid key_id format" or for the time range; NOT_FOUND.
+        pub async fn get_key_usage(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetKeyUsageRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetKeyUsageResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyhouse.v1.UserKeyService/GetKeyUsage",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyhouse.v1.UserKeyService", "GetKeyUsage"));
             self.inner.unary(req, path, codec).await
         }
         /// Lists the providers a user can bring a key for, each marked `configured` for the caller.
@@ -758,7 +829,8 @@ pub mod user_key_service_server {
             request: tonic::Request<super::RegenerateKeyRequest>,
         ) -> std::result::Result<tonic::Response<super::IssuedKey>, tonic::Status>;
         /// Checks a presented API key for the gateway. The key itself is the credential: no session
-        /// is needed. Answers `valid` with a reason rather than an error for a bad key.
+        /// is needed. Answers `valid` with a reason rather than an error for a bad key. Verdicts are
+        /// cached in memory; revocation, regeneration and expiry take effect at once on every replica.
         /// Errors: INVALID_ARGUMENT when `api_key` is empty; UNAVAILABLE when storage cannot be reached
         /// and the answer is not cached.
         async fn verify_key(
@@ -766,6 +838,16 @@ pub mod user_key_service_server {
             request: tonic::Request<super::VerifyKeyRequest>,
         ) -> std::result::Result<
             tonic::Response<super::VerifyKeyResponse>,
+            tonic::Status,
+        >;
+        /// Verification counts of one of the caller's keys (admins: any key), per hour, between `from`
+        /// and `to`. Counts are written behind in batches, so the last seconds may not show yet.
+        /// Errors: INVALID_ARGUMENT "invalid key_id format" or for the time range; NOT_FOUND.
+        async fn get_key_usage(
+            &self,
+            request: tonic::Request<super::GetKeyUsageRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetKeyUsageResponse>,
             tonic::Status,
         >;
         /// Lists the providers a user can bring a key for, each marked `configured` for the caller.
@@ -1143,6 +1225,51 @@ pub mod user_key_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = VerifyKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyhouse.v1.UserKeyService/GetKeyUsage" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetKeyUsageSvc<T: UserKeyService>(pub Arc<T>);
+                    impl<
+                        T: UserKeyService,
+                    > tonic::server::UnaryService<super::GetKeyUsageRequest>
+                    for GetKeyUsageSvc<T> {
+                        type Response = super::GetKeyUsageResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetKeyUsageRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserKeyService>::get_key_usage(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetKeyUsageSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -16,6 +16,8 @@ const REST_PATHS: &[&str] = &[
     "/api/v1/account/uc-api-keys",
     "/api/v1/account/uc-api-keys/{key_id}",
     "/api/v1/account/uc-api-keys/{key_id}/regenerate",
+    "/api/v1/account/uc-api-keys/{key_id}/usage",
+    "/api/v1/auth/validate-key",
     "/api/v1/admin/platform-keys",
     "/api/v1/admin/platform-keys/{name}",
     "/api/v1/admin/platform-keys/{name}/decrypted",

@@ -40,6 +40,7 @@ async fn a_key_goes_through_create_list_get_revoke_and_regenerate(backend: Backe
             name: "  laptop  ".into(),
             expires_in_days: Some(30),
             permissions: vec!["llm:inference".into(), "keys:read".into()],
+            ..Default::default()
         })
         .await
         .expect("create")

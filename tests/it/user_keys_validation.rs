@@ -20,6 +20,7 @@ fn create(name: &str, days: Option<i32>, permissions: &[&str]) -> pb::CreateKeyR
         name: name.into(),
         expires_in_days: days,
         permissions: permissions.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
     }
 }
 

@@ -17,6 +17,8 @@ const CHANNEL: &str = "keyhouse_changes";
 pub enum Change {
     /// A platform key's stored value changed (by its catalog name).
     PlatformKey(String),
+    /// A user API key was revoked or regenerated.
+    UserKey(uuid::Uuid),
     /// Notifications may have been missed (a reconnect, a slow subscriber): re-read everything.
     Resync,
 }
@@ -25,6 +27,7 @@ impl Change {
     fn encode(&self) -> Option<String> {
         match self {
             Change::PlatformKey(name) => Some(format!("platform_key:{name}")),
+            Change::UserKey(id) => Some(format!("user_key:{id}")),
             Change::Resync => None,
         }
     }
@@ -33,6 +36,7 @@ impl Change {
         let (kind, value) = payload.split_once(':')?;
         match kind {
             "platform_key" => Some(Change::PlatformKey(value.to_owned())),
+            "user_key" => uuid::Uuid::parse_str(value).ok().map(Change::UserKey),
             _ => None,
         }
     }

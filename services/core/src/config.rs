@@ -60,6 +60,53 @@ pub struct ServerSettings {
 
     #[command(flatten)]
     pub keys: KeyPolicy,
+
+    #[command(flatten)]
+    pub verify: VerifySettings,
+}
+
+/// The verification path: caches, limits, usage.
+#[derive(clap::Args, Clone, Debug)]
+pub struct VerifySettings {
+    /// How long a cached verdict is trusted (seconds). Changes invalidate at once regardless.
+    #[arg(long, env = "KEYHOUSE_VERIFY_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// Most keys kept in the verdict cache.
+    #[arg(
+        long,
+        env = "KEYHOUSE_VERIFY_CACHE_MAX_ENTRIES",
+        default_value_t = 1_000_000
+    )]
+    pub cache_max_entries: usize,
+    /// How long an unknown key is remembered as unknown (seconds).
+    #[arg(long, env = "KEYHOUSE_VERIFY_NEGATIVE_TTL_SECS", default_value_t = 30)]
+    pub negative_cache_ttl_secs: u64,
+    /// Most unknown keys remembered.
+    #[arg(
+        long,
+        env = "KEYHOUSE_VERIFY_NEGATIVE_MAX_ENTRIES",
+        default_value_t = 100_000
+    )]
+    pub negative_cache_max_entries: usize,
+    /// Redis for rate limits shared by every replica; unset counts per replica.
+    #[arg(long, env = "KEYHOUSE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// How often usage counts are written (milliseconds).
+    #[arg(long, env = "KEYHOUSE_USAGE_FLUSH_MILLIS", default_value_t = 5_000)]
+    pub usage_flush_millis: u64,
+}
+
+impl Default for VerifySettings {
+    fn default() -> Self {
+        Self {
+            cache_ttl_secs: 300,
+            cache_max_entries: 1_000_000,
+            negative_cache_ttl_secs: 30,
+            negative_cache_max_entries: 100_000,
+            redis_url: None,
+            usage_flush_millis: 5_000,
+        }
+    }
 }
 
 impl ServerSettings {
@@ -71,6 +118,7 @@ impl ServerSettings {
             cors_origins: Vec::new(),
             log_format: crate::telemetry::LogFormat::Pretty,
             keys: KeyPolicy::default(),
+            verify: VerifySettings::default(),
             encryption_keys: None,
             encryption_key: None,
             provider_base_urls: Vec::new(),

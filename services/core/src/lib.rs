@@ -18,6 +18,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod user_keys;
+pub mod verify;
 
 pub use error::{Error, Result};
 

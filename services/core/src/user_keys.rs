@@ -7,7 +7,8 @@ use sea_orm::{DatabaseConnection, Set, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Role};
+use crate::change_feed::{Change, ChangeFeed};
 use crate::config::{DEFAULT_EXPIRY_DAYS, DEFAULT_KEY_PERMISSIONS, KeyPolicy, MAX_EXPIRY_DAYS};
 use crate::crypto::api_key::ApiKey;
 use crate::crypto::mask;
@@ -17,20 +18,36 @@ use crate::paging::{self, Cursor};
 use crate::storage::user_keys::{self as store, NewSecret, Status};
 use crate::storage::{audit, now};
 use crate::timestamp;
+use crate::verify::{Verifier, parse_network};
 
 pub const CREATE_WARNING: &str = "Save this API key now. You won't be able to see it again.";
 pub const REGENERATE_WARNING: &str =
     "Key regenerated! Save this new API key now. The old key is now invalid.";
 
+const MAX_RATE_LIMIT: i32 = 1_000_000;
+const MAX_ALLOWED_NETWORKS: usize = 100;
+
 #[derive(Clone)]
 pub struct UserKeys {
     db: DatabaseConnection,
     policy: KeyPolicy,
+    feed: ChangeFeed,
+    verifier: Verifier,
 }
 
 impl UserKeys {
-    pub fn new(db: DatabaseConnection, policy: KeyPolicy) -> Self {
-        Self { db, policy }
+    pub fn new(
+        db: DatabaseConnection,
+        policy: KeyPolicy,
+        feed: ChangeFeed,
+        verifier: Verifier,
+    ) -> Self {
+        Self {
+            db,
+            policy,
+            feed,
+            verifier,
+        }
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), request_id = %caller.request_id))]
@@ -43,6 +60,19 @@ impl UserKeys {
         let now = now();
         let expires_at = self.expiry(req.expires_in_days, now)?;
         let permissions = self.permissions(req.permissions)?;
+        let rate_limit = match req.rate_limit_per_minute {
+            None => None,
+            Some(n @ 1..=MAX_RATE_LIMIT) => Some(n),
+            Some(n) => {
+                return Err(Error::invalid(
+                    "rate_limit_per_minute",
+                    format!(
+                        "rate_limit_per_minute must be between 1 and {MAX_RATE_LIMIT}, got {n}"
+                    ),
+                ));
+            }
+        };
+        let allowed_ips = allowed_networks(&req.allowed_ips)?;
         let key = ApiKey::generate()?;
         let key_hash = key.hash(self.policy.bcrypt_cost).await?;
 
@@ -64,6 +94,8 @@ impl UserKeys {
                 is_active: Set(true),
                 revoked_at: Set(None),
                 metadata: Set(json!({})),
+                rate_limit_per_minute: Set(rate_limit),
+                allowed_ips: Set(allowed_ips.map(|a| json!(a))),
             },
         )
         .await?;
@@ -131,9 +163,11 @@ impl UserKeys {
         }
         if store::revoke(&txn, caller.user_id(), id, now()).await? {
             audit::record(&txn, caller, "user_key.revoke", &id.to_string(), json!({})).await?;
+            self.commit_change(txn, id).await?;
             tracing::info!(key_id = %id, "API key revoked");
+        } else {
+            txn.commit().await?;
         }
-        txn.commit().await?;
         Ok(pb::RevokeKeyResponse {
             success: true,
             message: "API key revoked successfully".into(),
@@ -175,9 +209,55 @@ impl UserKeys {
             }),
         )
         .await?;
-        txn.commit().await?;
+        self.commit_change(txn, id).await?;
         tracing::info!(key_id = %id, "API key regenerated");
         Ok(issued(&row, &key, REGENERATE_WARNING))
+    }
+
+    /// Verification counts per hour of a key: the owner's, or any key for an admin.
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id()))]
+    pub async fn usage(
+        &self,
+        caller: &Caller,
+        req: pb::GetKeyUsageRequest,
+    ) -> Result<pb::GetKeyUsageResponse> {
+        let id = parse_key_id(&req.key_id)?;
+        let row = match caller.principal.role {
+            Role::Admin => store::find(&self.db, id).await?.ok_or_else(not_found)?,
+            Role::User => self.find(caller, id).await?,
+        };
+        let to = match &req.to {
+            Some(t) => from_timestamp(t, "to")?,
+            None => now(),
+        };
+        let from = match &req.from {
+            Some(t) => from_timestamp(t, "from")?,
+            None => to - Duration::days(30),
+        };
+        if from >= to {
+            return Err(Error::invalid("from", "from must be before to"));
+        }
+        let hours = store::usage(&self.db, id, from, to).await?;
+        Ok(pb::GetKeyUsageResponse {
+            key_id: id.to_string(),
+            total_requests: hours.iter().map(|h| h.requests).sum(),
+            hours: hours
+                .iter()
+                .map(|h| pb::HourlyUsage {
+                    hour: Some(timestamp(h.hour)),
+                    requests: h.requests,
+                })
+                .collect(),
+            last_used: row.last_used.map(timestamp),
+        })
+    }
+
+    /// Commits a change to a key and makes every replica forget its cached verdict: this one
+    /// at once, the others through the change feed.
+    async fn commit_change(&self, txn: sea_orm::DatabaseTransaction, id: Uuid) -> Result<()> {
+        self.feed.commit(txn, &[Change::UserKey(id)]).await?;
+        self.verifier.invalidate(id);
+        Ok(())
     }
 
     async fn find(&self, caller: &Caller, id: Uuid) -> Result<user_api_keys::Model> {
@@ -261,6 +341,37 @@ pub fn parse_key_id(key_id: &str) -> Result<Uuid> {
     Uuid::parse_str(key_id.trim()).map_err(|_| Error::invalid("key_id", "invalid key_id format"))
 }
 
+fn allowed_networks(requested: &[String]) -> Result<Option<Vec<String>>> {
+    if requested.is_empty() {
+        return Ok(None);
+    }
+    if requested.len() > MAX_ALLOWED_NETWORKS {
+        return Err(Error::invalid(
+            "allowed_ips",
+            format!("allowed_ips may hold at most {MAX_ALLOWED_NETWORKS} networks"),
+        ));
+    }
+    requested
+        .iter()
+        .map(|cidr| {
+            parse_network(cidr)
+                .map(|net| net.to_string())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "allowed_ips",
+                        format!("allowed_ips: '{cidr}' is not an IP network (CIDR) or address"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn from_timestamp(t: &prost_types::Timestamp, field: &'static str) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        .ok_or_else(|| Error::invalid(field, format!("{field} is not a valid time")))
+}
+
 fn not_found() -> Error {
     Error::NotFound("API key not found".into())
 }
@@ -305,5 +416,11 @@ fn listed(row: &user_api_keys::Model, now: DateTime<Utc>) -> pb::ApiKey {
         expires_at: row.expires_at.map(timestamp),
         is_active: row.is_active,
         status: Status::of(row, now).as_str().to_owned(),
+        rate_limit_per_minute: row.rate_limit_per_minute,
+        allowed_ips: row
+            .allowed_ips
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
     }
 }

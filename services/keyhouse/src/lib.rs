@@ -25,9 +25,14 @@ pub async fn serve(
     }
     let mut services = Services::new(db.clone());
     let feed = ChangeFeed::start(&db, &settings.database_url).await?;
-    UserKeyGrpc::new(db.clone(), settings.keys.clone()).register(&mut services);
+    let users = UserKeyGrpc::new(db.clone(), &settings, feed.clone()).await?;
+    let verifier = users.verifier();
+    users.register(&mut services);
     PlatformKeyGrpc::new(db, ring, &settings, feed)?.register(&mut services);
-    server::serve(listener, services, &settings.cors_origins, shutdown).await
+    let served = server::serve(listener, services, &settings.cors_origins, shutdown).await;
+    // Usage counted since the last flush is written before the process ends.
+    verifier.flush_usage().await?;
+    served
 }
 
 /// The OpenAPI document of every REST path `keyhouse serve` answers: what `/openapi.json`

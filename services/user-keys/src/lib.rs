@@ -1,11 +1,13 @@
-//! UserKeyService: a thin gRPC layer over `keyhouse_core::user_keys`. Each method resolves the
-//! caller and hands the request to the core; nothing else lives here.
+//! UserKeyService: a thin gRPC layer over `keyhouse_core::user_keys` and
+//! `keyhouse_core::verify`. Each method resolves the caller and hands the request to the core.
 
+use keyhouse_core::change_feed::ChangeFeed;
 use keyhouse_core::config::ServerSettings;
 use keyhouse_core::db;
 use keyhouse_core::grpc::Authenticator;
 use keyhouse_core::server::{self, Services};
 use keyhouse_core::user_keys::UserKeys;
+use keyhouse_core::verify::Verifier;
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::user_key_service_server::{UserKeyService, UserKeyServiceServer};
 use sea_orm::DatabaseConnection;
@@ -15,18 +17,35 @@ pub mod rest;
 
 pub const SERVICE_NAME: &str = "keyhouse.v1.UserKeyService";
 
+/// Scopes an API key needs to be used on the management RPCs in place of a session.
+const READ: &str = "keys:read";
+const MANAGE: &str = "keys:manage";
+
 #[derive(Clone)]
 pub struct UserKeyGrpc {
     auth: Authenticator,
     keys: UserKeys,
+    verifier: Verifier,
 }
 
 impl UserKeyGrpc {
-    pub fn new(db: DatabaseConnection, policy: keyhouse_core::config::KeyPolicy) -> Self {
-        Self {
-            auth: Authenticator::new(db.clone()),
-            keys: UserKeys::new(db, policy),
-        }
+    pub async fn new(
+        db: DatabaseConnection,
+        settings: &ServerSettings,
+        feed: ChangeFeed,
+    ) -> anyhow::Result<Self> {
+        let verifier =
+            Verifier::start(db.clone(), &settings.keys.scopes, &settings.verify, &feed).await?;
+        Ok(Self {
+            auth: Authenticator::with_api_keys(db.clone(), verifier.clone()),
+            keys: UserKeys::new(db, settings.keys.clone(), feed, verifier.clone()),
+            verifier,
+        })
+    }
+
+    /// The verification path, for the binary to flush its usage counts at shutdown.
+    pub fn verifier(&self) -> Verifier {
+        self.verifier.clone()
     }
 
     /// Adds this service (gRPC and its REST paths) to what a binary serves.
@@ -52,7 +71,7 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::IssuedKey>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
+        let caller = self.auth.caller_with_scope(req.metadata(), MANAGE).await?;
         Ok(Response::new(
             self.keys.create(&caller, req.into_inner()).await?,
         ))
@@ -62,7 +81,7 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
+        let caller = self.auth.caller_with_scope(req.metadata(), READ).await?;
         Ok(Response::new(
             self.keys.list(&caller, req.into_inner()).await?,
         ))
@@ -72,7 +91,7 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
+        let caller = self.auth.caller_with_scope(req.metadata(), READ).await?;
         Ok(Response::new(
             self.keys.get(&caller, req.into_inner()).await?,
         ))
@@ -82,7 +101,7 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
+        let caller = self.auth.caller_with_scope(req.metadata(), MANAGE).await?;
         Ok(Response::new(
             self.keys.revoke(&caller, req.into_inner()).await?,
         ))
@@ -92,7 +111,7 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::RegenerateKeyRequest>,
     ) -> Result<Response<pb::IssuedKey>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
+        let caller = self.auth.caller_with_scope(req.metadata(), MANAGE).await?;
         Ok(Response::new(
             self.keys.regenerate(&caller, req.into_inner()).await?,
         ))
@@ -100,9 +119,22 @@ impl UserKeyService for UserKeyGrpc {
 
     async fn verify_key(
         &self,
-        _: Request<pb::VerifyKeyRequest>,
+        req: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
-        unimplemented("VerifyKey")
+        Ok(Response::new(self.verifier.verify(req.get_ref()).await?))
+    }
+
+    async fn get_key_usage(
+        &self,
+        req: Request<pb::GetKeyUsageRequest>,
+    ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
+        let caller = self
+            .auth
+            .caller_with_scope(req.metadata(), "usage:read")
+            .await?;
+        Ok(Response::new(
+            self.keys.usage(&caller, req.into_inner()).await?,
+        ))
     }
 
     async fn list_providers(
@@ -153,7 +185,12 @@ pub async fn run(
     let _ring = settings.required_key_ring()?;
     let db = db::connect(&settings.database_url).await?;
     db::ensure_schema_current(&db).await?;
+    let feed = ChangeFeed::start(&db, &settings.database_url).await?;
     let mut services = Services::new(db.clone());
-    UserKeyGrpc::new(db, settings.keys.clone()).register(&mut services);
-    server::serve(listener, services, &settings.cors_origins, shutdown).await
+    let grpc = UserKeyGrpc::new(db, &settings, feed).await?;
+    let verifier = grpc.verifier();
+    grpc.register(&mut services);
+    let served = server::serve(listener, services, &settings.cors_origins, shutdown).await;
+    verifier.flush_usage().await?;
+    served
 }

@@ -33,13 +33,15 @@ pub fn router(service: UserKeyGrpc) -> Router {
             "/api/v1/account/uc-api-keys/{key_id}/regenerate",
             post(regenerate_key),
         )
+        .route("/api/v1/account/uc-api-keys/{key_id}/usage", get(key_usage))
+        .route("/api/v1/auth/validate-key", post(validate_key))
         .with_state(service)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(create_key, list_keys, get_key, revoke_key, regenerate_key),
-    components(schemas(CreateKeyBody, RegenerateKeyBody, IssuedKeyJson, ApiKeyJson, RevokedJson, ErrorBody, ValidationErrorBody)),
+        paths(create_key, list_keys, get_key, revoke_key, regenerate_key, key_usage, validate_key),
+    components(schemas(CreateKeyBody, RegenerateKeyBody, IssuedKeyJson, ApiKeyJson, RevokedJson, UsageJson, HourJson, ValidateKeyBody, ValidatedJson, KeyOwnerJson, ErrorBody, ValidationErrorBody)),
     tags((name = "user-keys", description = "The caller's API keys for the gateway"))
 )]
 pub struct Docs;
@@ -52,6 +54,10 @@ pub struct CreateKeyBody {
     pub expires_in_days: Option<i32>,
     /// Scopes to grant; `["llm:inference", "llm:models"]` when omitted or empty.
     pub permissions: Option<Vec<String>>,
+    /// Requests per minute allowed, 1-1000000; unlimited when omitted.
+    pub rate_limit_per_minute: Option<i32>,
+    /// CIDRs (or addresses) the key may be used from; anywhere when omitted or empty.
+    pub allowed_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -86,6 +92,47 @@ pub struct ApiKeyJson {
     pub is_active: bool,
     /// `active`, `expired` or `revoked`.
     pub status: String,
+    pub rate_limit_per_minute: Option<i32>,
+    pub allowed_ips: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HourJson {
+    pub hour: Option<String>,
+    pub requests: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageJson {
+    pub key_id: String,
+    pub total_requests: i64,
+    pub hours: Vec<HourJson>,
+    pub last_used: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ValidateKeyBody {
+    pub api_key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyOwnerJson {
+    /// The key's owner.
+    pub id: String,
+    pub user_id: String,
+    pub key_id: String,
+    pub permissions: Vec<String>,
+    pub expires_at: Option<String>,
+}
+
+/// `{"valid": false, "reason": ...}` or `{"valid": true, "user": {...}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ValidatedJson {
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<KeyOwnerJson>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -122,6 +169,8 @@ impl From<pb::ApiKey> for ApiKeyJson {
             permissions: k.permissions,
             is_active: k.is_active,
             status: k.status,
+            rate_limit_per_minute: k.rate_limit_per_minute,
+            allowed_ips: k.allowed_ips,
         }
     }
 }
@@ -138,6 +187,8 @@ async fn create_key(
         name: body.name,
         expires_in_days: body.expires_in_days,
         permissions: body.permissions.unwrap_or_default(),
+        rate_limit_per_minute: body.rate_limit_per_minute,
+        allowed_ips: body.allowed_ips.unwrap_or_default(),
     };
     let key = svc
         .create_key(grpc_request(&headers, req))
@@ -230,4 +281,77 @@ async fn regenerate_key(
         .await?
         .into_inner();
     Ok(Json(key.into()))
+}
+
+/// Verification counts of a key per hour (the owner's; admins any key).
+#[utoipa::path(get, path = "/api/v1/account/uc-api-keys/{key_id}/usage", tag = "user-keys",
+    params(("key_id" = String, Path), ("from" = Option<String>, Query, description = "RFC 3339; default 30 days before `to`"),
+           ("to" = Option<String>, Query, description = "RFC 3339; default now")),
+    responses((status = 200, description = "OK", body = UsageJson), (status = 404, description = "Not found", body = ErrorBody),
+              (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+async fn key_usage(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+    Path(key_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<UsageJson>, RestError> {
+    let req = pb::GetKeyUsageRequest {
+        key_id,
+        from: rest::query_time(q.get("from"), "from")?,
+        to: rest::query_time(q.get("to"), "to")?,
+    };
+    let out = svc
+        .get_key_usage(grpc_request(&headers, req))
+        .await?
+        .into_inner();
+    Ok(Json(UsageJson {
+        key_id: out.key_id,
+        total_requests: out.total_requests,
+        hours: out
+            .hours
+            .into_iter()
+            .map(|h| HourJson {
+                hour: rest::rfc3339_opt(h.hour.as_ref()),
+                requests: h.requests,
+            })
+            .collect(),
+        last_used: rest::rfc3339_opt(out.last_used.as_ref()),
+    }))
+}
+
+/// Ops-Center's key check: the key is the credential, no session needed.
+#[utoipa::path(post, path = "/api/v1/auth/validate-key", tag = "user-keys", request_body = ValidateKeyBody,
+    responses((status = 200, description = "OK", body = ValidatedJson), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+async fn validate_key(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ValidateKeyBody>,
+) -> Result<Json<ValidatedJson>, RestError> {
+    let req = pb::VerifyKeyRequest {
+        api_key: body.api_key,
+        required_scopes: Vec::new(),
+        client_ip: String::new(),
+    };
+    let out = svc
+        .verify_key(grpc_request(&headers, req))
+        .await?
+        .into_inner();
+    if !out.valid {
+        return Ok(Json(ValidatedJson {
+            valid: false,
+            reason: Some(out.reason().as_str_name().to_owned()),
+            user: None,
+        }));
+    }
+    Ok(Json(ValidatedJson {
+        valid: true,
+        reason: None,
+        user: Some(KeyOwnerJson {
+            id: out.user_id.clone(),
+            expires_at: rest::rfc3339_opt(out.expires_at.as_ref()),
+            user_id: out.user_id,
+            key_id: out.key_id,
+            permissions: out.permissions,
+        }),
+    }))
 }

@@ -1,5 +1,6 @@
 //! SeaORM entities, one file per table of `migrations/`.
 
+pub mod api_key_usage_hourly;
 pub mod audit_events;
 pub mod platform_key_versions;
 pub mod platform_settings;

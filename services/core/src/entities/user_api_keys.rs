@@ -21,6 +21,10 @@ pub struct Model {
     pub is_active: bool,
     pub revoked_at: Option<DateTimeUtc>,
     pub metadata: Json,
+    /// Requests allowed per minute; `None` is unlimited.
+    pub rate_limit_per_minute: Option<i32>,
+    /// A JSON array of CIDRs the key may be used from; `None` is anywhere.
+    pub allowed_ips: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

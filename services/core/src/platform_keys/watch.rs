@@ -62,6 +62,7 @@ impl PlatformKeys {
                 () = tx.closed() => return,
                 change = changes.recv() => match change {
                     Ok(Change::PlatformKey(name)) => catalog::find(&name).into_iter().collect(),
+                    Ok(Change::UserKey(_)) => Vec::new(),
                     Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => CATALOG.iter().collect(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },

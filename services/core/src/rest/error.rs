@@ -20,6 +20,8 @@ const QUERY_FIELDS: &[&str] = &[
     "target",
     "since",
     "until",
+    "from",
+    "to",
 ];
 
 #[derive(Debug)]

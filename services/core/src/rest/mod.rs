@@ -52,3 +52,25 @@ pub fn query_int(value: Option<&String>, name: &'static str) -> Result<i32, Rest
         }),
     }
 }
+
+/// An RFC 3339 query parameter, or a 422 naming it.
+pub fn query_time(
+    value: Option<&String>,
+    name: &'static str,
+) -> Result<Option<prost_types::Timestamp>, RestError> {
+    let Some(value) = value.map(|v| v.trim()).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(value).map_err(|_| {
+        RestError::validation(
+            "query",
+            name,
+            format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"),
+            "datetime_parsing",
+        )
+    })?;
+    Ok(Some(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }))
+}

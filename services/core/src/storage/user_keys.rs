@@ -1,7 +1,7 @@
 //! Queries over `user_api_keys`. Every lookup is scoped to its owner: another user's key is
 //! simply not found.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -158,4 +158,39 @@ pub async fn replace_secret(
         return Ok(None);
     }
     find_owned(conn, user_id, id).await
+}
+
+/// Every key (any owner, any state) whose lookup prefix matches: almost always one.
+pub async fn find_by_prefix(conn: &impl ConnectionTrait, prefix: &str) -> Result<Vec<Model>> {
+    Ok(Entity::find()
+        .filter(Column::KeyPrefix.eq(prefix))
+        .all(conn)
+        .await?)
+}
+
+/// Any key by id, whoever owns it: for admins only.
+pub async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id).one(conn).await?)
+}
+
+/// A key's hourly usage in `[from, to)`, oldest first.
+pub async fn usage(
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<crate::entities::api_key_usage_hourly::Model>> {
+    use crate::entities::api_key_usage_hourly as usage;
+    Ok(usage::Entity::find()
+        .filter(usage::Column::KeyId.eq(id))
+        .filter(
+            usage::Column::Hour.gte(
+                from.duration_trunc(chrono::TimeDelta::hours(1))
+                    .unwrap_or(from),
+            ),
+        )
+        .filter(usage::Column::Hour.lt(to))
+        .order_by_asc(usage::Column::Hour)
+        .all(conn)
+        .await?)
 }
