@@ -17,3 +17,5 @@ mod server;
 mod stub;
 mod user_keys;
 mod user_keys_validation;
+mod verify;
+mod verify_replicas;

@@ -10,8 +10,11 @@ const SHARDS: usize = 64;
 
 pub type Digest = [u8; 32];
 
+/// One shard: each value with when it became known.
+type Shard<V> = HashMap<Digest, (V, Instant)>;
+
 pub struct Cache<V> {
-    shards: Box<[Mutex<HashMap<Digest, (V, Instant)>>]>,
+    shards: Box<[Mutex<Shard<V>>]>,
     per_shard: usize,
     ttl: Duration,
 }
@@ -27,7 +30,7 @@ impl<V: Clone> Cache<V> {
         }
     }
 
-    fn shard(&self, digest: &Digest) -> std::sync::MutexGuard<'_, HashMap<Digest, (V, Instant)>> {
+    fn shard(&self, digest: &Digest) -> std::sync::MutexGuard<'_, Shard<V>> {
         let shard = &self.shards[usize::from(digest[0]) % SHARDS];
         // A poisoned shard only means a panic elsewhere mid-insert; the map is still usable.
         shard
