@@ -301,6 +301,26 @@ async fn concurrent_misses_for_one_key_run_one_bcrypt(backend: Backend) {
         1,
         "unknown keys cost no bcrypt (no stored prefix matches)"
     );
+
+    // A change re-reads the key by id: the cached proof that this is its secret still holds.
+    server
+        .user_client(Some(&token))
+        .await
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .expect("revoke");
+    verifier.invalidate(uuid::Uuid::parse_str(&key.key_id).expect("uuid"));
+    assert_eq!(
+        verifier.verify(&request).await.expect("verify").reason(),
+        Reason::Revoked
+    );
+    assert_eq!(
+        verifier.bcrypt_runs(),
+        1,
+        "seeing a revocation costs no bcrypt"
+    );
 }
 
 async fn rate_limits_count_per_replica_or_across_replicas_through_redis(backend: Backend) {

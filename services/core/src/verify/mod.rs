@@ -5,7 +5,7 @@
 //! change invalidates the key's cached verdict here and, through the change feed, on every
 //! other replica. The cache's time to live is only a safety net.
 
-mod cache;
+pub mod cache;
 mod rate_limit;
 mod usage;
 
@@ -45,6 +45,36 @@ pub struct KeyInfo {
     revoked: bool,
     rate_limit: Option<u32>,
     allowed: Option<Box<[IpNet]>>,
+    /// Identifies the stored hash the presented key was checked against.
+    hash_tag: u64,
+}
+
+enum Cached {
+    None,
+    Fresh(Arc<KeyInfo>),
+    Stale(Arc<KeyInfo>),
+}
+
+fn hash_tag(key_hash: &str) -> u64 {
+    let digest = Sha256::digest(key_hash.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
+impl KeyInfo {
+    /// An active key without limits: what most cached entries look like (benchmarks size the
+    /// cache with these).
+    pub fn active(key_id: Uuid, user_id: &str, scopes: u64, expires_at: Option<i64>) -> Self {
+        Self {
+            key_id,
+            user_id: user_id.into(),
+            scopes,
+            expires_at,
+            revoked: false,
+            rate_limit: None,
+            allowed: None,
+            hash_tag: 0,
+        }
+    }
 }
 
 /// A lookup's outcome, shared by every request that waited for it.
@@ -146,9 +176,10 @@ impl Verifier {
         };
         let digest: Digest = Sha256::digest(key.expose().as_bytes()).into();
         let info = match self.cached(&digest) {
-            Some(info) => Some(info),
-            None if self.inner.unknown.get(&digest).is_some() => None,
-            None => self.lookup(&key, digest).await?,
+            Cached::Fresh(info) => Some(info),
+            Cached::Stale(info) => self.lookup(&key, digest, Some(info)).await?,
+            Cached::None if self.inner.unknown.get(&digest).is_some() => None,
+            Cached::None => self.lookup(&key, digest, None).await?,
         };
         let Some(info) = info else {
             return Ok(verdict(Reason::NotFound, None));
@@ -156,23 +187,30 @@ impl Verifier {
         Ok(self.judge(&info, &req.required_scopes, client_ip).await)
     }
 
-    fn cached(&self, digest: &Digest) -> Option<Arc<KeyInfo>> {
-        let (info, at) = self.inner.found.get(digest)?;
+    /// The cached verdict; `Stale` when the key changed since it was cached, so it must be
+    /// read again (by id: this digest is already known to belong to that key).
+    fn cached(&self, digest: &Digest) -> Cached {
+        let Some((info, at)) = self.inner.found.get(digest) else {
+            return Cached::None;
+        };
         let invalidated = self
             .inner
             .invalidated
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if invalidated.get(&info.key_id).is_some_and(|t| at <= *t) {
-            drop(invalidated);
-            self.inner.found.remove(digest);
-            return None;
+            return Cached::Stale(info);
         }
-        Some(info)
+        Cached::Fresh(info)
     }
 
     /// One lookup per key at a time: concurrent misses for the same key wait for the first.
-    async fn lookup(&self, key: &ApiKey, digest: Digest) -> Result<Option<Arc<KeyInfo>>> {
+    async fn lookup(
+        &self,
+        key: &ApiKey,
+        digest: Digest,
+        stale: Option<Arc<KeyInfo>>,
+    ) -> Result<Option<Arc<KeyInfo>>> {
         let cell = {
             let mut inflight = self
                 .inner
@@ -184,10 +222,17 @@ impl Verifier {
         let outcome = cell
             .get_or_init(|| async {
                 let started = Instant::now();
-                let outcome = self.load(key).await.map_err(Arc::new);
+                let outcome = match &stale {
+                    Some(stale) => self.reload(stale).await,
+                    None => self.load(key).await,
+                };
+                let outcome = outcome.map_err(Arc::new);
                 match &outcome {
                     Ok(Some(info)) => self.inner.found.insert(digest, info.clone(), started),
-                    Ok(None) => self.inner.unknown.insert(digest, (), started),
+                    Ok(None) => {
+                        self.inner.found.remove(&digest);
+                        self.inner.unknown.insert(digest, (), started);
+                    }
                     Err(_) => {}
                 }
                 self.inner
@@ -215,6 +260,19 @@ impl Verifier {
         Ok(None)
     }
 
+    /// Re-reads a key that changed, without bcrypt: the presented key was proven to be this
+    /// key's secret when it was cached, and still is if the stored hash is the same one.
+    async fn reload(&self, stale: &KeyInfo) -> Result<Option<Arc<KeyInfo>>> {
+        let Some(row) = store::find(&self.inner.db, stale.key_id).await? else {
+            return Ok(None);
+        };
+        if hash_tag(&row.key_hash) != stale.hash_tag {
+            // Regenerated: the presented secret is not this key's any more.
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(self.key_info(row))))
+    }
+
     fn key_info(&self, row: user_api_keys::Model) -> KeyInfo {
         let granted: Vec<String> = serde_json::from_value(row.permissions).unwrap_or_default();
         let scopes = self
@@ -227,6 +285,7 @@ impl Verifier {
         let allowed: Option<Vec<String>> =
             row.allowed_ips.and_then(|v| serde_json::from_value(v).ok());
         KeyInfo {
+            hash_tag: hash_tag(&row.key_hash),
             key_id: row.id,
             user_id: row.user_id.into_boxed_str(),
             scopes,
