@@ -1,0 +1,92 @@
+//! Load generation over real gRPC: closed loop (a fixed number of requests in flight, for the
+//! maximum rate) and open loop (a fixed rate, for latency without coordinated omission).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+/// One call of the RPC under test on a channel.
+pub type Call = Arc<dyn Fn(Channel) -> futures_lite::BoxFuture<bool> + Send + Sync>;
+
+pub mod futures_lite {
+    pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+}
+
+pub struct Outcome {
+    pub failures: u64,
+    pub per_second: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+fn summarize(mut latencies: Vec<Duration>, failures: u64, elapsed: Duration) -> Outcome {
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Outcome {
+        failures,
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+/// `concurrency` requests in flight for `seconds`.
+pub async fn closed(channels: &[Channel], call: Call, concurrency: usize, seconds: u64) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let (channel, call) = (channels[i % channels.len()].clone(), call.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut failures) = (Vec::new(), 0u64);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if call(channel.clone()).await {
+                        latencies.push(t.elapsed());
+                    } else {
+                        failures += 1;
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let (mut all, mut failures) = (Vec::new(), 0);
+    for w in workers {
+        if let Ok((l, f)) = w.await {
+            all.extend(l);
+            failures += f;
+        }
+    }
+    summarize(all, failures, started.elapsed())
+}
+
+/// `rate` requests per second for `seconds`, each timed from when it was due.
+pub async fn open(channels: &[Channel], call: Call, rate: f64, seconds: u64) -> Outcome {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let total = (rate * seconds as f64) as u64;
+    let started = Instant::now();
+    let mut calls = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (channel, call) = (channels[i as usize % channels.len()].clone(), call.clone());
+        calls.push(tokio::spawn(async move {
+            call(channel).await.then(|| due.elapsed())
+        }));
+    }
+    let (mut all, mut failures) = (Vec::new(), 0);
+    for c in calls {
+        match c.await {
+            Ok(Some(latency)) => all.push(latency),
+            _ => failures += 1,
+        }
+    }
+    summarize(all, failures, started.elapsed())
+}
