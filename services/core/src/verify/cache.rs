@@ -87,6 +87,10 @@ impl<V: Clone> Cache<V> {
             })
             .sum()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
