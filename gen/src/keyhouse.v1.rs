@@ -348,6 +348,25 @@ pub struct DeleteProviderKeyResponse {
     pub message: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetProviderKeyForUserRequest {
+    #[prost(string, tag = "1")]
+    pub user_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub provider: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct GetProviderKeyForUserResponse {
+    #[prost(string, tag = "1")]
+    pub provider: ::prost::alloc::string::String,
+    /// The decrypted key.
+    #[prost(string, tag = "2")]
+    pub api_key: ::prost::alloc::string::String,
+    /// The endpoint stored with the key (ollama, custom); empty otherwise.
+    #[prost(string, tag = "3")]
+    pub endpoint: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TestProviderKeyRequest {
     #[prost(string, tag = "1")]
     pub provider: ::prost::alloc::string::String,
@@ -745,7 +764,8 @@ pub mod user_key_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// Makes a live request to the provider with the caller's key and stores the result.
+        /// Makes a live request to the provider with the caller's key (15 s timeout) and stores the
+        /// result on the key.
         /// Errors: NOT_FOUND when the caller has no key for that provider.
         pub async fn test_provider_key(
             &mut self,
@@ -770,6 +790,41 @@ pub mod user_key_service_client {
             req.extensions_mut()
                 .insert(
                     GrpcMethod::new("keyhouse.v1.UserKeyService", "TestProviderKey"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+        /// Hands a user's decrypted provider key to an internal service (the gateway), so that the
+        /// user's traffic is billed to them. Only for service tokens (`authorization: Bearer
+        /// <service token>`, configured in KEYHOUSE_SERVICE_TOKENS), never for user sessions. Every
+        /// call is audited, without the secret.
+        /// Errors: UNAUTHENTICATED for a missing or unknown service token; PERMISSION_DENIED for a
+        /// user session; NOT_FOUND when that user has no key for that provider.
+        pub async fn get_provider_key_for_user(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetProviderKeyForUserRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetProviderKeyForUserResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyhouse.v1.UserKeyService/GetProviderKeyForUser",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "keyhouse.v1.UserKeyService",
+                        "GetProviderKeyForUser",
+                    ),
                 );
             self.inner.unary(req, path, codec).await
         }
@@ -884,13 +939,27 @@ pub mod user_key_service_server {
             tonic::Response<super::DeleteProviderKeyResponse>,
             tonic::Status,
         >;
-        /// Makes a live request to the provider with the caller's key and stores the result.
+        /// Makes a live request to the provider with the caller's key (15 s timeout) and stores the
+        /// result on the key.
         /// Errors: NOT_FOUND when the caller has no key for that provider.
         async fn test_provider_key(
             &self,
             request: tonic::Request<super::TestProviderKeyRequest>,
         ) -> std::result::Result<
             tonic::Response<super::TestProviderKeyResponse>,
+            tonic::Status,
+        >;
+        /// Hands a user's decrypted provider key to an internal service (the gateway), so that the
+        /// user's traffic is billed to them. Only for service tokens (`authorization: Bearer
+        /// <service token>`, configured in KEYHOUSE_SERVICE_TOKENS), never for user sessions. Every
+        /// call is audited, without the secret.
+        /// Errors: UNAUTHENTICATED for a missing or unknown service token; PERMISSION_DENIED for a
+        /// user session; NOT_FOUND when that user has no key for that provider.
+        async fn get_provider_key_for_user(
+            &self,
+            request: tonic::Request<super::GetProviderKeyForUserRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetProviderKeyForUserResponse>,
             tonic::Status,
         >;
     }
@@ -1499,6 +1568,55 @@ pub mod user_key_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = TestProviderKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyhouse.v1.UserKeyService/GetProviderKeyForUser" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetProviderKeyForUserSvc<T: UserKeyService>(pub Arc<T>);
+                    impl<
+                        T: UserKeyService,
+                    > tonic::server::UnaryService<super::GetProviderKeyForUserRequest>
+                    for GetProviderKeyForUserSvc<T> {
+                        type Response = super::GetProviderKeyForUserResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetProviderKeyForUserRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserKeyService>::get_provider_key_for_user(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetProviderKeyForUserSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

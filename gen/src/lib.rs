@@ -76,4 +76,14 @@ pub mod v1 {
                 .finish_non_exhaustive()
         }
     }
+
+    impl fmt::Debug for GetProviderKeyForUserResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("GetProviderKeyForUserResponse")
+                .field("provider", &self.provider)
+                .field("api_key", &MASK)
+                .field("endpoint", &self.endpoint)
+                .finish()
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod binary;
+mod byok;
 mod docs_and_web;
 mod embedded;
 mod logs;

@@ -132,8 +132,25 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
     let old_key = KeyRing::generate_key();
     let new_key = KeyRing::generate_key();
     let old = old_key.clone();
-    let server =
-        TestServer::start_with(backend, move |s| s.encryption_keys = Some(Secret::new(old))).await;
+    let stub = crate::stub::Provider::start("sk-proj-byok-rotation-01").await;
+    let url = stub.url.clone();
+    let server = TestServer::start_with(backend, move |s| {
+        s.encryption_keys = Some(Secret::new(old));
+        s.provider_base_urls = vec![format!("openai={url}")];
+    })
+    .await;
+    // A user's own provider key is rotated with the platform's secrets.
+    let user = server.session("alice", Role::User).await;
+    server
+        .user_client(Some(&user))
+        .await
+        .put_provider_key(pb::PutProviderKeyRequest {
+            provider: "openai".into(),
+            key: "sk-proj-byok-rotation-01".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a BYOK key");
     let token = server.session("root", Role::Admin).await;
     let mut admin = server.platform_client(Some(&token)).await;
     let values = [
@@ -150,7 +167,7 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
             .await
             .expect("update");
     }
-    // Five secrets at rest: two current values and three versions.
+    // Six secrets at rest: two current values, three versions and the BYOK key.
     let both = KeyRing::parse(&format!("{new_key},{old_key}"), "test").expect("ring");
     let first = rotation::rotate(server.db(), &both, 2, Some(2), |_| {})
         .await
@@ -176,7 +193,7 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
         .expect("resumed run");
     assert_eq!(
         rest.iter().map(|p| p.rotated).sum::<usize>(),
-        3,
+        4,
         "the resumed run does the rest"
     );
     let again = rotation::rotate(server.db(), &both, 2, None, |_| {})
@@ -187,7 +204,7 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
         0,
         "nothing is left to rotate"
     );
-    assert_eq!(again.iter().map(|p| p.current).sum::<usize>(), 5);
+    assert_eq!(again.iter().map(|p| p.current).sum::<usize>(), 6);
 
     // With only the new key, every secret and every version still reads.
     let mut after = server.settings.clone();
@@ -218,4 +235,14 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
         .expect("decrypt")
         .into_inner();
     assert_eq!(secret.api_key, "sk-or-v1-rotation-0001");
+    let tested = only_new
+        .user_client(Some(&user))
+        .await
+        .test_provider_key(pb::TestProviderKeyRequest {
+            provider: "openai".into(),
+        })
+        .await
+        .expect("the BYOK key decrypts with only the new key")
+        .into_inner();
+    assert_eq!(tested.status, "valid");
 }

@@ -25,6 +25,7 @@ const SECRET_MESSAGES: &[&str] = &[
     "keyhouse.v1.UpdatePlatformKeyRequest",
     "keyhouse.v1.GetDecryptedPlatformKeyResponse",
     "keyhouse.v1.PlatformKeyEvent",
+    "keyhouse.v1.GetProviderKeyForUserResponse",
 ];
 
 fn main() -> Result<()> {

@@ -145,3 +145,51 @@ mod tests {
         assert_ne!(request_id(Some("a\nb")), "a\nb");
     }
 }
+
+/// Internal services' credentials (`KEYHOUSE_SERVICE_TOKENS`: `name=sha256hex` pairs): only
+/// digests are configured, compared in constant time.
+#[derive(Clone, Default)]
+pub struct ServiceTokens(Vec<(String, [u8; 32])>);
+
+impl ServiceTokens {
+    pub fn parse(entries: &[String]) -> Result<Self> {
+        let mut tokens = Vec::new();
+        for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+            let bad = || {
+                Error::invalid(
+                    "KEYHOUSE_SERVICE_TOKENS",
+                    "KEYHOUSE_SERVICE_TOKENS entries are name=<SHA-256 of the token, hex>; make one with `keyhouse service-token create --name NAME`",
+                )
+            };
+            let (name, digest) = entry.split_once('=').ok_or_else(bad)?;
+            let bytes: [u8; 32] = hex::decode(digest.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(bad)?;
+            tokens.push((name.trim().to_owned(), bytes));
+        }
+        Ok(Self(tokens))
+    }
+
+    /// The service a presented token belongs to.
+    pub fn name_of(&self, token: &str) -> Option<&str> {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (name, digest) in &self.0 {
+            if bool::from(digest.ct_eq(&presented)) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+impl fmt::Debug for ServiceTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}

@@ -41,6 +41,20 @@ pub struct ServerSettings {
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, hide = true)]
     pub encryption_key: Option<Secret>,
 
+    /// Internal services allowed to fetch users' provider keys: `name=<SHA-256 of the token,
+    /// hex>` pairs, comma-separated (`keyhouse service-token create` makes one).
+    #[arg(
+        long,
+        env = "KEYHOUSE_SERVICE_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub service_tokens: Vec<String>,
+
+    /// How long a live test of a user's provider key may take (seconds).
+    #[arg(long, env = "KEYHOUSE_BYOK_TEST_TIMEOUT_SECS", default_value_t = 15)]
+    pub byok_test_timeout_secs: u64,
+
     /// Provider base URLs as `name=url` pairs (comma-separated), for live key tests.
     #[arg(long, env = "KEYHOUSE_PROVIDER_BASE_URLS", value_delimiter = ',')]
     pub provider_base_urls: Vec<String>,
@@ -122,6 +136,8 @@ impl ServerSettings {
             encryption_keys: None,
             encryption_key: None,
             provider_base_urls: Vec::new(),
+            service_tokens: Vec::new(),
+            byok_test_timeout_secs: 15,
             platform_env: None,
         }
     }

@@ -2,6 +2,7 @@
 //! (gRPC, grpc-web, REST) calls into.
 
 pub mod auth;
+pub mod byok;
 pub mod change_feed;
 pub mod config;
 pub mod crypto;

@@ -25,7 +25,7 @@ pub async fn serve(
     }
     let mut services = Services::new(db.clone());
     let feed = ChangeFeed::start(&db, &settings.database_url).await?;
-    let users = UserKeyGrpc::new(db.clone(), &settings, feed.clone()).await?;
+    let users = UserKeyGrpc::new(db.clone(), &settings, feed.clone(), ring.clone()).await?;
     let verifier = users.verifier();
     users.register(&mut services);
     PlatformKeyGrpc::new(db, ring, &settings, feed)?.register(&mut services);
@@ -40,6 +40,7 @@ pub async fn serve(
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = server::docs::base_document();
     doc.merge(<keyhouse_user_keys::rest::Docs as utoipa::OpenApi>::openapi());
+    doc.merge(<keyhouse_user_keys::rest_byok::Docs as utoipa::OpenApi>::openapi());
     doc.merge(<keyhouse_platform_keys::rest::Docs as utoipa::OpenApi>::openapi());
     doc
 }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod platform_keys;
+pub mod provider_keys;
 pub mod sessions;
 pub mod user_keys;
 

@@ -1,0 +1,92 @@
+//! Queries over `user_provider_keys`: one row per user and provider, always scoped to its owner.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+
+use crate::entities::user_provider_keys::{ActiveModel, Column, Entity, Model};
+use crate::error::Result;
+
+pub async fn find(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    provider: &str,
+) -> Result<Option<Model>> {
+    Ok(Entity::find()
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::Provider.eq(provider))
+        .one(conn)
+        .await?)
+}
+
+pub async fn list(conn: &impl ConnectionTrait, user_id: &str) -> Result<Vec<Model>> {
+    Ok(Entity::find()
+        .filter(Column::UserId.eq(user_id))
+        .order_by_asc(Column::Provider)
+        .all(conn)
+        .await?)
+}
+
+/// Stores (or replaces) a user's key for a provider; a replaced key is untested again.
+pub async fn upsert(conn: &impl ConnectionTrait, row: Model) -> Result<()> {
+    let model = ActiveModel {
+        id: Set(row.id),
+        user_id: Set(row.user_id),
+        provider: Set(row.provider),
+        ciphertext: Set(row.ciphertext),
+        key_preview: Set(row.key_preview),
+        label: Set(row.label),
+        endpoint: Set(row.endpoint),
+        added_at: Set(row.added_at),
+        updated_at: Set(row.updated_at),
+        last_tested: Set(None),
+        test_status: Set("unknown".into()),
+        test_message: Set(None),
+    };
+    Entity::insert(model)
+        .on_conflict(
+            OnConflict::columns([Column::UserId, Column::Provider])
+                .update_columns([
+                    Column::Ciphertext,
+                    Column::KeyPreview,
+                    Column::Label,
+                    Column::Endpoint,
+                    Column::UpdatedAt,
+                    Column::LastTested,
+                    Column::TestStatus,
+                    Column::TestMessage,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete(conn: &impl ConnectionTrait, user_id: &str, provider: &str) -> Result<bool> {
+    let res = Entity::delete_many()
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::Provider.eq(provider))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected > 0)
+}
+
+pub async fn record_test(
+    conn: &impl ConnectionTrait,
+    row: &Model,
+    status: &str,
+    message: &str,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    Entity::update(ActiveModel {
+        id: Set(row.id),
+        last_tested: Set(Some(at)),
+        test_status: Set(status.to_owned()),
+        test_message: Set(Some(message.to_owned())),
+        ..Default::default()
+    })
+    .exec(conn)
+    .await?;
+    Ok(())
+}

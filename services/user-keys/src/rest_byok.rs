@@ -1,0 +1,208 @@
+//! The Ops-Center BYOK REST paths (`/api/v1/byok`), as its front end calls them. Each handler
+//! translates and calls the gRPC method.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use keyhouse_core::rest::{
+    self, ErrorBody, JsonBody, RestError, ValidationErrorBody, grpc_request,
+};
+use keyhouse_proto::v1 as pb;
+use keyhouse_proto::v1::user_key_service_server::UserKeyService;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::UserKeyGrpc;
+
+pub fn router(service: UserKeyGrpc) -> Router {
+    Router::new()
+        .route("/api/v1/byok/providers", get(providers))
+        .route("/api/v1/byok/keys", get(keys))
+        .route("/api/v1/byok/keys/add", post(add))
+        .route("/api/v1/byok/keys/test/{provider}", post(test))
+        .route("/api/v1/byok/keys/{provider}", delete(remove))
+        .with_state(service)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(providers, keys, add, test, remove),
+    components(schemas(ProviderJson, ProviderKeyJson, AddBody, AddedJson, TestedJson, DeletedJson, ErrorBody, ValidationErrorBody)),
+    tags((name = "byok", description = "Users' own provider keys"))
+)]
+pub struct Docs;
+
+#[derive(Serialize, ToSchema)]
+pub struct ProviderJson {
+    pub id: String,
+    pub name: String,
+    pub key_format: String,
+    pub configured: bool,
+    pub requires_endpoint: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProviderKeyJson {
+    pub provider: String,
+    pub provider_name: String,
+    pub key_preview: String,
+    pub label: Option<String>,
+    pub added_date: Option<String>,
+    pub last_tested: Option<String>,
+    /// `valid`, `invalid`, `error` or `unknown`.
+    pub test_status: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct AddBody {
+    pub provider: String,
+    pub key: String,
+    pub label: Option<String>,
+    /// An http(s) URL; required for ollama and custom.
+    pub endpoint: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AddedJson {
+    pub message: String,
+    pub provider: String,
+    pub provider_name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TestedJson {
+    pub provider: String,
+    /// `valid`, `invalid` or `error`.
+    pub status: String,
+    pub message: String,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeletedJson {
+    pub success: bool,
+    pub message: String,
+}
+
+/// The providers, each marked `configured` for the caller.
+#[utoipa::path(get, path = "/api/v1/byok/providers", tag = "byok", operation_id = "byok_list_providers",
+    responses((status = 200, description = "OK", body = Vec<ProviderJson>), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody)))]
+async fn providers(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ProviderJson>>, RestError> {
+    let out = svc
+        .list_providers(grpc_request(&headers, pb::ListProvidersRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(
+        out.providers
+            .into_iter()
+            .map(|p| ProviderJson {
+                id: p.id,
+                name: p.name,
+                key_format: p.key_format,
+                configured: p.configured,
+                requires_endpoint: p.requires_endpoint,
+            })
+            .collect(),
+    ))
+}
+
+/// The caller's provider keys, masked.
+#[utoipa::path(get, path = "/api/v1/byok/keys", tag = "byok", operation_id = "byok_list_keys",
+    responses((status = 200, description = "OK", body = Vec<ProviderKeyJson>), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody)))]
+async fn keys(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ProviderKeyJson>>, RestError> {
+    let out = svc
+        .list_provider_keys(grpc_request(&headers, pb::ListProviderKeysRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(
+        out.keys
+            .into_iter()
+            .map(|k| ProviderKeyJson {
+                added_date: rest::rfc3339_opt(k.added_at.as_ref()),
+                last_tested: rest::rfc3339_opt(k.last_tested.as_ref()),
+                label: (!k.label.is_empty()).then_some(k.label),
+                provider: k.provider,
+                provider_name: k.provider_name,
+                key_preview: k.key_preview,
+                test_status: k.test_status,
+            })
+            .collect(),
+    ))
+}
+
+/// Store (or replace) the caller's key for a provider.
+#[utoipa::path(post, path = "/api/v1/byok/keys/add", tag = "byok", operation_id = "byok_add_key", request_body = AddBody,
+    responses((status = 200, description = "OK", body = AddedJson), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+async fn add(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AddBody>,
+) -> Result<Json<AddedJson>, RestError> {
+    let req = pb::PutProviderKeyRequest {
+        provider: body.provider,
+        key: body.key,
+        label: body.label.unwrap_or_default(),
+        endpoint: body.endpoint.unwrap_or_default(),
+    };
+    let out = svc
+        .put_provider_key(grpc_request(&headers, req))
+        .await?
+        .into_inner();
+    Ok(Json(AddedJson {
+        message: out.message,
+        provider: out.provider,
+        provider_name: out.provider_name,
+    }))
+}
+
+/// Test the caller's key against the provider (15 s timeout); the result is stored.
+#[utoipa::path(post, path = "/api/v1/byok/keys/test/{provider}", tag = "byok", operation_id = "byok_test_key", params(("provider" = String, Path)),
+    responses((status = 200, description = "OK", body = TestedJson), (status = 404, description = "Not found", body = ErrorBody)))]
+async fn test(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+) -> Result<Json<TestedJson>, RestError> {
+    let out = svc
+        .test_provider_key(grpc_request(
+            &headers,
+            pb::TestProviderKeyRequest { provider },
+        ))
+        .await?
+        .into_inner();
+    Ok(Json(TestedJson {
+        details: serde_json::json!({ "status_code": out.status_code, "latency_ms": out.latency_ms }),
+        provider: out.provider,
+        status: out.status,
+        message: out.message,
+    }))
+}
+
+/// Delete the caller's key for a provider.
+#[utoipa::path(delete, path = "/api/v1/byok/keys/{provider}", tag = "byok", operation_id = "byok_delete_key", params(("provider" = String, Path)),
+    responses((status = 200, description = "OK", body = DeletedJson), (status = 404, description = "Not found", body = ErrorBody)))]
+async fn remove(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+) -> Result<Json<DeletedJson>, RestError> {
+    let out = svc
+        .delete_provider_key(grpc_request(
+            &headers,
+            pb::DeleteProviderKeyRequest { provider },
+        ))
+        .await?
+        .into_inner();
+    Ok(Json(DeletedJson {
+        success: out.success,
+        message: out.message,
+    }))
+}
