@@ -111,3 +111,15 @@ async fn generate_key_prints_a_key_the_ring_accepts() {
     keyhouse_core::crypto::fernet_ring::KeyRing::parse(key.trim(), "generated")
         .expect("a valid Fernet key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_token_create_prints_a_fresh_random_token() {
+    let kh = Keyhouse::on_sqlite();
+    let first = String::from_utf8(kh.run(&["service-token", "create"]).stdout).expect("utf-8");
+    let second = String::from_utf8(kh.run(&["service-token", "create"]).stdout).expect("utf-8");
+    assert!(
+        first.starts_with("svc_") && first.trim().len() == 68,
+        "{first:?}"
+    );
+    assert_ne!(first, second);
+}

@@ -27,9 +27,19 @@ enum Command {
     Session(SessionCommand),
     /// Print the OpenAPI document of the REST paths.
     Openapi,
+    /// Manage the tokens internal services (the gateway) use.
+    #[command(subcommand)]
+    ServiceToken(ServiceTokenCommand),
     /// Manage the encryption of stored secrets.
     #[command(subcommand)]
     Encryption(EncryptionCommand),
+}
+
+#[derive(Subcommand)]
+enum ServiceTokenCommand {
+    /// Print a new random service token on stdout. Configure its SHA-256 (hex) in
+    /// KEYHOUSE_SERVICE_TOKENS as `name=<digest>`.
+    Create,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +118,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             db::ensure_schema_current(&db).await?;
             let token = storage::sessions::create(&db, &user, &email, role, ttl).await?;
             println!("{}", token.as_str());
+            Ok(())
+        }
+        Command::ServiceToken(ServiceTokenCommand::Create) => {
+            let token = keyhouse_core::crypto::session_token::generate()?;
+            println!("svc_{}", &token[3..]);
             Ok(())
         }
         Command::Openapi => {

@@ -45,20 +45,14 @@ async fn read<S: Send + Sync>(req: Request, state: &S, required: bool) -> Result
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
         RestError::detail(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("Request body too large: the limit is {MAX_BODY_BYTES} bytes"),
         )
     };
-    if length.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(too_large());
-    }
+    // The body is read (up to axum's 2 MiB ceiling) before answering 413, so that a client still
+    // sending it gets the answer rather than a reset connection.
     let bytes = Bytes::from_request(req, state)
         .await
         .map_err(|_| too_large())?;

@@ -10,7 +10,7 @@ mod rate_limit;
 mod usage;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,8 @@ struct Inner {
     found: Cache<Arc<KeyInfo>>,
     unknown: Cache<()>,
     invalidated: RwLock<HashMap<Uuid, Instant>>,
+    /// How many entries `invalidated` holds.
+    invalidations: AtomicUsize,
     inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
     limiter: RateLimiter,
     usage: UsageRecorder,
@@ -115,6 +117,7 @@ impl Verifier {
                 Duration::from_secs(settings.negative_cache_ttl_secs.max(1)),
             ),
             invalidated: RwLock::new(HashMap::new()),
+            invalidations: AtomicUsize::new(0),
             inflight: Mutex::new(HashMap::new()),
             limiter: RateLimiter::new(settings.redis_url.as_deref()).await?,
             usage: UsageRecorder::default(),
@@ -152,6 +155,9 @@ impl Verifier {
             invalidated.retain(|_, at| at.elapsed() < ttl);
         }
         invalidated.insert(key_id, Instant::now());
+        self.inner
+            .invalidations
+            .store(invalidated.len(), Ordering::Relaxed);
     }
 
     /// Writes pending usage counts now (also done periodically and at shutdown).
@@ -159,7 +165,8 @@ impl Verifier {
         self.inner.usage.flush(&self.inner.db).await
     }
 
-    #[tracing::instrument(skip_all, fields(scopes = ?req.required_scopes))]
+    // Debug level: at the default INFO filter the hot path pays for no span.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn verify(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
         if req.api_key.is_empty() {
             return Err(Error::invalid("api_key", "api_key is required"));
@@ -193,6 +200,10 @@ impl Verifier {
         let Some((info, at)) = self.inner.found.get(digest) else {
             return Cached::None;
         };
+        // Most of the time nothing was invalidated recently: skip the lock.
+        if self.inner.invalidations.load(Ordering::Relaxed) == 0 {
+            return Cached::Fresh(info);
+        }
         let invalidated = self
             .inner
             .invalidated
@@ -383,7 +394,11 @@ fn verdict(reason: Reason, info: Option<&KeyInfo>) -> pb::VerifyKeyResponse {
     };
     response.set_reason(reason);
     if let Some(info) = info {
-        response.key_id = info.key_id.to_string();
+        response.key_id = info
+            .key_id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .to_owned();
         response.user_id = info.user_id.to_string();
         response.expires_at = info.expires_at.map(|s| prost_types::Timestamp {
             seconds: s,

@@ -19,50 +19,65 @@ struct Pending {
     last_used: HashMap<Uuid, DateTime<Utc>>,
 }
 
-#[derive(Default)]
+/// Sharded by key, so concurrent verifications of different keys do not queue on one lock.
 pub struct UsageRecorder {
-    pending: Mutex<Pending>,
+    shards: Box<[Mutex<Pending>]>,
+}
+
+impl Default for UsageRecorder {
+    fn default() -> Self {
+        Self {
+            shards: (0..16).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 impl UsageRecorder {
+    fn shard(&self, key_id: &Uuid) -> std::sync::MutexGuard<'_, Pending> {
+        let shard = &self.shards[usize::from(key_id.as_bytes()[15]) % self.shards.len()];
+        shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn record(&self, key_id: Uuid, at: DateTime<Utc>) {
         let hour = at.duration_trunc(TimeDelta::hours(1)).unwrap_or(at);
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self.shard(&key_id);
         *pending.counts.entry((key_id, hour)).or_insert(0) += 1;
         pending.last_used.insert(key_id, at);
     }
 
     /// Writes what has been counted so far.
     pub async fn flush(&self, db: &DatabaseConnection) -> Result<()> {
-        let batch = std::mem::take(
-            &mut *self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let mut batch = Pending::default();
+        for shard in &self.shards {
+            let taken = std::mem::take(
+                &mut *shard
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            batch.counts.extend(taken.counts);
+            batch.last_used.extend(taken.last_used);
+        }
         if batch.counts.is_empty() && batch.last_used.is_empty() {
             return Ok(());
         }
-        match Self::write(db, &batch).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let mut pending = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (k, n) in batch.counts {
-                    *pending.counts.entry(k).or_insert(0) += n;
-                }
-                for (k, at) in batch.last_used {
-                    let slot = pending.last_used.entry(k).or_insert(at);
-                    *slot = (*slot).max(at);
-                }
-                Err(e)
+        let result = Self::write(db, &batch).await;
+        if result.is_err() {
+            for ((key_id, hour), n) in batch.counts {
+                *self
+                    .shard(&key_id)
+                    .counts
+                    .entry((key_id, hour))
+                    .or_insert(0) += n;
+            }
+            for (key_id, at) in batch.last_used {
+                let mut pending = self.shard(&key_id);
+                let slot = pending.last_used.entry(key_id).or_insert(at);
+                *slot = (*slot).max(at);
             }
         }
+        result
     }
 
     async fn write(db: &DatabaseConnection, batch: &Pending) -> Result<()> {
