@@ -15,6 +15,7 @@ on_both_databases!(
     reflection_lists_both_services_and_health,
     health_answers_serving_for_every_service,
     split_binaries_refuse_a_missing_key_or_a_schema_that_is_behind,
+    every_binary_refuses_a_schema_newer_than_it_knows,
 );
 
 async fn reflection_lists_both_services_and_health(backend: Backend) {
@@ -181,4 +182,42 @@ async fn split_binaries_refuse_a_missing_key_or_a_schema_that_is_behind(backend:
     assert_eq!(answer.into_inner().status, 1, "SERVING");
     let _ = stop.send(());
     task.await.expect("join").expect("clean shutdown");
+}
+
+async fn every_binary_refuses_a_schema_newer_than_it_knows(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+    let test_db = TestDb::new(backend).await;
+    let db = test_db.connect().await;
+    keyhouse_core::db::migrate(&db).await.expect("migrate");
+    db.execute_unprepared("INSERT INTO seaql_migrations (version, applied_at) VALUES ('m29990101_000001_from_the_future', 0)")
+        .await
+        .expect("a newer keyhouse's migration");
+    let mut settings = ServerSettings::new(test_db.url.clone());
+    settings.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
+    let listener = || async {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+    };
+
+    let migrate = keyhouse_core::db::migrate(&db)
+        .await
+        .expect_err("keyhouse migrate");
+    let serve = keyhouse::serve(settings.clone(), listener().await, std::future::pending())
+        .await
+        .expect_err("keyhouse serve");
+    let split = keyhouse_user_keys::run(settings, listener().await, std::future::pending())
+        .await
+        .expect_err("user-key-service");
+    for message in [
+        migrate.to_string(),
+        format!("{serve:#}"),
+        format!("{split:#}"),
+    ] {
+        assert!(
+            message.contains("newer than this build")
+                && message.contains("m29990101_000001_from_the_future"),
+            "{message}"
+        );
+    }
 }

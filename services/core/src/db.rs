@@ -33,6 +33,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<usize> {
+    refuse_newer_schema(db).await?;
     let pending = Migrator::get_pending_migrations(db).await?.len();
     Migrator::up(db, None).await?;
     Ok(pending)
@@ -41,6 +42,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<usize> {
 /// Refuses to serve on a schema this build does not match: split binaries never migrate by
 /// themselves, so an operator runs `keyhouse migrate` first.
 pub async fn ensure_schema_current(db: &DatabaseConnection) -> Result<()> {
+    refuse_newer_schema(db).await?;
     let pending = Migrator::get_pending_migrations(db).await?;
     if !pending.is_empty() {
         return Err(Error::FailedPrecondition(format!(
@@ -51,6 +53,34 @@ pub async fn ensure_schema_current(db: &DatabaseConnection) -> Result<()> {
                 .map(|m| m.name().to_owned())
                 .collect::<Vec<_>>()
                 .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A database migrated by a newer keyhouse holds migrations this build does not know; running on
+/// it could misread data, so every binary refuses and says which.
+async fn refuse_newer_schema(db: &DatabaseConnection) -> Result<()> {
+    use sea_orm::EntityTrait;
+    use sea_orm_migration::seaql_migrations;
+    let known: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let applied = match seaql_migrations::Entity::find().all(db).await {
+        Ok(rows) => rows,
+        // No migration table yet: a new database, behind rather than ahead.
+        Err(_) => return Ok(()),
+    };
+    let unknown: Vec<String> = applied
+        .into_iter()
+        .map(|m| m.version)
+        .filter(|v| !known.contains(v))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "the database schema is newer than this build: it has migration(s) this build does not know ({}); run a keyhouse at least as new as the one that migrated it",
+            unknown.join(", ")
         )));
     }
     Ok(())

@@ -88,8 +88,22 @@ pub async fn serve(
     }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, services = ?services.names, "serving gRPC, grpc-web and REST");
+    // While draining, health says NOT_SERVING so that load balancers stop sending new calls.
+    let names = services.names.clone();
+    let draining = async move {
+        shutdown.await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for name in names {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("draining in-flight calls");
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(draining)
         .await?;
     tracing::info!("server stopped");
     Ok(())
