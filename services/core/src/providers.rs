@@ -37,6 +37,17 @@ impl LiveTest {
     }
 }
 
+/// Anthropic has no free authenticated endpoint: the cheapest check is a one-token message.
+pub const ANTHROPIC_MESSAGES: LiveTest = LiveTest {
+    post: true,
+    path: "/v1/messages",
+    auth: Auth::Header("x-api-key"),
+    headers: &[("anthropic-version", "2023-06-01")],
+    json_body: Some(
+        r#"{"model":"claude-3-5-haiku-latest","max_tokens":1,"messages":[{"role":"user","content":"ping"}]}"#,
+    ),
+};
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// The provider accepted the key (2xx).

@@ -336,8 +336,8 @@ async fn audit_events(
         actor: text("actor"),
         action: text("action"),
         target: text("target"),
-        since: time(q.get("since"), "since")?,
-        until: time(q.get("until"), "until")?,
+        since: rest::query_time(q.get("since"), "since")?,
+        until: rest::query_time(q.get("until"), "until")?,
         page_size: rest::query_int(q.get("page_size"), "page_size")?,
         page_token: text("page_token"),
     };
@@ -361,26 +361,5 @@ async fn audit_events(
     Ok(Json(AuditEventList {
         events,
         next_page_token: (!out.next_page_token.is_empty()).then_some(out.next_page_token),
-    }))
-}
-
-fn time(
-    value: Option<&String>,
-    name: &'static str,
-) -> Result<Option<prost_types::Timestamp>, RestError> {
-    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
-        return Ok(None);
-    };
-    let at = chrono::DateTime::parse_from_rfc3339(value.trim()).map_err(|_| {
-        RestError::validation(
-            "query",
-            name,
-            format!("{name} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"),
-            "datetime_parsing",
-        )
-    })?;
-    Ok(Some(prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
     }))
 }

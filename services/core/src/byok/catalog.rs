@@ -1,6 +1,6 @@
 //! The providers a user can bring a key for: one entry each.
 
-use crate::providers::{Auth, LiveTest};
+use crate::providers::{self, Auth, LiveTest};
 
 #[derive(Debug)]
 pub struct Provider {
@@ -32,16 +32,6 @@ impl Provider {
 pub fn find(id: &str) -> Option<&'static Provider> {
     CATALOG.iter().find(|p| p.id == id)
 }
-
-const ANTHROPIC_TEST: LiveTest = LiveTest {
-    post: true,
-    path: "/v1/messages",
-    auth: Auth::Header("x-api-key"),
-    headers: &[("anthropic-version", "2023-06-01")],
-    json_body: Some(
-        r#"{"model":"claude-3-5-haiku-latest","max_tokens":1,"messages":[{"role":"user","content":"ping"}]}"#,
-    ),
-};
 
 const PERPLEXITY_TEST: LiveTest = LiveTest {
     post: true,
@@ -82,7 +72,7 @@ pub static CATALOG: &[Provider] = &[
         not_prefix: None,
         requires_endpoint: false,
         base_url: "https://api.anthropic.com",
-        live_test: ANTHROPIC_TEST,
+        live_test: providers::ANTHROPIC_MESSAGES,
     },
     Provider {
         id: "huggingface",

@@ -1,6 +1,6 @@
 //! The platform keys keyhouse knows: one entry each. Adding a provider is one entry here.
 
-use crate::providers::{Auth, LiveTest};
+use crate::providers::{self, Auth, LiveTest};
 
 #[derive(Debug)]
 pub struct Spec {
@@ -32,16 +32,6 @@ impl Spec {
 pub fn find(name: &str) -> Option<&'static Spec> {
     CATALOG.iter().find(|s| s.name == name)
 }
-
-const ANTHROPIC_TEST: LiveTest = LiveTest {
-    post: true,
-    path: "/v1/messages",
-    auth: Auth::Header("x-api-key"),
-    headers: &[("anthropic-version", "2023-06-01")],
-    json_body: Some(
-        r#"{"model":"claude-3-5-haiku-latest","max_tokens":1,"messages":[{"role":"user","content":"ping"}]}"#,
-    ),
-};
 
 pub static CATALOG: &[Spec] = &[
     Spec {
@@ -97,7 +87,7 @@ pub static CATALOG: &[Spec] = &[
         not_prefix: None,
         format_hint: "sk-ant-...",
         base_url: "https://api.anthropic.com",
-        live_test: Some(ANTHROPIC_TEST),
+        live_test: Some(providers::ANTHROPIC_MESSAGES),
     },
     Spec {
         name: "huggingface",
