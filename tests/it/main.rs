@@ -9,6 +9,7 @@ mod byok;
 mod docs_and_web;
 mod embedded;
 mod logs;
+mod metrics;
 mod platform_keys;
 mod platform_watch;
 mod rest_bad_requests;

@@ -10,6 +10,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod paging;
 pub mod platform_keys;
 pub mod providers;

@@ -57,7 +57,7 @@ impl ApiKey {
     /// bcrypt at `cost`, on the blocking pool: ~230 ms of CPU at cost 12.
     pub async fn hash(&self, cost: u32) -> Result<String> {
         let key = self.0.clone();
-        tokio::task::spawn_blocking(move || bcrypt::hash(key.as_bytes(), cost))
+        tokio::task::spawn_blocking(move || timed("hash", || bcrypt::hash(key.as_bytes(), cost)))
             .await
             .map_err(Error::internal)?
             .map_err(Error::internal)
@@ -67,10 +67,12 @@ impl ApiKey {
     pub async fn verify(&self, hash: &str) -> Result<bool> {
         let key = self.0.clone();
         let hash = hash.to_owned();
-        tokio::task::spawn_blocking(move || bcrypt::verify(key.as_bytes(), &hash))
-            .await
-            .map_err(Error::internal)?
-            .map_err(Error::internal)
+        tokio::task::spawn_blocking(move || {
+            timed("verify", || bcrypt::verify(key.as_bytes(), &hash))
+        })
+        .await
+        .map_err(Error::internal)?
+        .map_err(Error::internal)
     }
 }
 
@@ -84,6 +86,16 @@ impl PartialEq for ApiKey {
     fn eq(&self, other: &Self) -> bool {
         self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
     }
+}
+
+fn timed<T>(operation: &str, f: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let out = f();
+    crate::metrics::METRICS
+        .bcrypt_seconds
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+    out
 }
 
 fn well_formed(s: &str) -> bool {

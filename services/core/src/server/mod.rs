@@ -82,7 +82,8 @@ pub async fn serve(
         .merge(grpc)
         // Unknown paths answer like the REST API does, not with a gRPC error.
         .fallback(probes::not_found)
-        .method_not_allowed_fallback(probes::method_not_allowed);
+        .method_not_allowed_fallback(probes::method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::metrics::track));
     if let Some(cors) = cors_layer(cors_origins)? {
         app = app.layer(cors);
     }

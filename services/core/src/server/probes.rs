@@ -18,6 +18,7 @@ pub fn router(db: DatabaseConnection) -> Router {
             get(|| async { Json(json!({ "status": "alive" })) }),
         )
         .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::render))
         .with_state(db)
 }
 

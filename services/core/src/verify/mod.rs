@@ -28,6 +28,7 @@ use crate::config::VerifySettings;
 use crate::crypto::api_key::ApiKey;
 use crate::entities::user_api_keys;
 use crate::error::{Error, Result};
+use crate::metrics::METRICS;
 use crate::storage::user_keys as store;
 
 use cache::{Cache, Digest};
@@ -168,6 +169,17 @@ impl Verifier {
     // Debug level: at the default INFO filter the hot path pays for no span.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn verify(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
+        let answer = self.answer(req).await;
+        let outcome = match &answer {
+            Ok(response) => response.reason().as_str_name(),
+            Err(Error::InvalidArgument { .. }) => "INVALID_ARGUMENT",
+            Err(_) => "UNAVAILABLE",
+        };
+        METRICS.verify_outcomes.with_label_values(&[outcome]).inc();
+        answer
+    }
+
+    async fn answer(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
         if req.api_key.is_empty() {
             return Err(Error::invalid("api_key", "api_key is required"));
         }
@@ -182,11 +194,24 @@ impl Verifier {
             return Ok(verdict(Reason::Malformed, None));
         };
         let digest: Digest = Sha256::digest(key.expose().as_bytes()).into();
+        let cache = |result: &str| METRICS.verify_cache.with_label_values(&[result]).inc();
         let info = match self.cached(&digest) {
-            Cached::Fresh(info) => Some(info),
-            Cached::Stale(info) => self.lookup(&key, digest, Some(info)).await?,
-            Cached::None if self.inner.unknown.get(&digest).is_some() => None,
-            Cached::None => self.lookup(&key, digest, None).await?,
+            Cached::Fresh(info) => {
+                cache("hit");
+                Some(info)
+            }
+            Cached::Stale(info) => {
+                cache("stale");
+                self.lookup(&key, digest, Some(info)).await?
+            }
+            Cached::None if self.inner.unknown.get(&digest).is_some() => {
+                cache("negative_hit");
+                None
+            }
+            Cached::None => {
+                cache("miss");
+                self.lookup(&key, digest, None).await?
+            }
         };
         let Some(info) = info else {
             return Ok(verdict(Reason::NotFound, None));

@@ -1,0 +1,134 @@
+//! Prometheus metrics, served at `/metrics` on the same port as everything else: requests by
+//! method and status with latency histograms (gRPC, grpc-web and REST alike), VerifyKey outcomes
+//! by reason, the verdict cache's hits and misses, and bcrypt durations. Labels never carry a
+//! key, a token or a user id.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub verify_outcomes: IntCounterVec,
+    pub verify_cache: IntCounterVec,
+    pub bcrypt_seconds: HistogramVec,
+}
+
+fn build() -> prometheus::Result<Metrics> {
+    let registry = Registry::new_custom(Some("keyhouse".into()), None)?;
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "requests_total",
+            "Requests by method (gRPC method or REST route) and status",
+        ),
+        &["method", "status"],
+    )?;
+    let latency = HistogramVec::new(
+        HistogramOpts::new("request_duration_seconds", "Time to answer, by method").buckets(vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ]),
+        &["method"],
+    )?;
+    let verify_outcomes = IntCounterVec::new(
+        Opts::new("verify_outcomes_total", "VerifyKey answers by reason"),
+        &["reason"],
+    )?;
+    let verify_cache = IntCounterVec::new(
+        Opts::new(
+            "verify_cache_lookups_total",
+            "VerifyKey verdict cache lookups: hit, miss, negative_hit",
+        ),
+        &["result"],
+    )?;
+    let bcrypt_seconds = HistogramVec::new(
+        HistogramOpts::new("bcrypt_duration_seconds", "bcrypt hash and verify times")
+            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]),
+        &["operation"],
+    )?;
+    for c in [&requests, &verify_outcomes, &verify_cache] {
+        registry.register(Box::new(c.clone()))?;
+    }
+    for h in [&latency, &bcrypt_seconds] {
+        registry.register(Box::new(h.clone()))?;
+    }
+    Ok(Metrics {
+        registry,
+        requests,
+        latency,
+        verify_outcomes,
+        verify_cache,
+        bcrypt_seconds,
+    })
+}
+
+/// The process's metrics. Building them cannot fail for these fixed definitions; if it ever
+/// did, the process would not start.
+pub static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric definitions are valid"));
+
+/// The Prometheus text exposition of every metric.
+pub async fn render() -> Response {
+    let mut out = Vec::new();
+    if TextEncoder::new()
+        .encode(&METRICS.registry.gather(), &mut out)
+        .is_err()
+    {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode metrics",
+        )
+            .into_response();
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Counts and times every request. gRPC methods are named by their path; REST requests by
+/// their route template (never the raw path, which can hold ids).
+pub async fn track(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let grpc = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let method = if grpc {
+        path
+    } else {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str)
+            .to_owned();
+        format!("{} {route}", req.method())
+    };
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = match response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(code) => format!("grpc {code}"),
+        None if grpc => "grpc 0".to_owned(),
+        None => response.status().as_u16().to_string(),
+    };
+    METRICS
+        .latency
+        .with_label_values(&[&method])
+        .observe(started.elapsed().as_secs_f64());
+    METRICS
+        .requests
+        .with_label_values(&[&method, &status])
+        .inc();
+    response
+}

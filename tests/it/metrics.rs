@@ -1,0 +1,128 @@
+//! `/metrics`: Prometheus text that counts the calls made, and holds no key or token.
+
+use std::collections::HashMap;
+
+use keyhouse_core::auth::Role;
+use keyhouse_proto::v1 as pb;
+
+use crate::support::{Backend, TestServer};
+use crate::verify::{mint, verify};
+
+/// Every sample of a Prometheus text exposition, by its name and labels; panics on a line that
+/// is not valid exposition syntax.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "bad comment line: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        assert!(
+            series[..name_end]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels: {line}");
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+async fn scrape(server: &TestServer) -> (String, HashMap<String, f64>) {
+    let res = server
+        .http()
+        .get(server.rest("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    let text = res.text().await.expect("text");
+    let samples = parse(&text);
+    (text, samples)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_the_calls_made() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let token = server.session("alice", Role::User).await;
+    let key = mint(
+        &mut server.user_client(Some(&token)).await,
+        pb::CreateKeyRequest {
+            name: "metered".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, before) = scrape(&server).await;
+    let get =
+        |samples: &HashMap<String, f64>, series: &str| samples.get(series).copied().unwrap_or(0.0);
+
+    let mut gateway = server.user_client(None).await;
+    for _ in 0..3 {
+        gateway
+            .verify_key(verify(&key.api_key, &[], ""))
+            .await
+            .expect("verify");
+    }
+    gateway
+        .verify_key(verify("uc_not_a_key", &[], ""))
+        .await
+        .expect("verify");
+    let res = server
+        .http()
+        .get(server.rest("/api/v1/account/uc-api-keys"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(res.status(), 401);
+
+    let (text, after) = scrape(&server).await;
+    let grew = |series: &str| get(&after, series) - get(&before, series);
+    assert!(
+        grew(
+            r#"keyhouse_requests_total{method="/keyhouse.v1.UserKeyService/VerifyKey",status="grpc 0"}"#
+        ) >= 4.0
+    );
+    assert!(
+        grew(r#"keyhouse_requests_total{method="GET /api/v1/account/uc-api-keys",status="401"}"#)
+            >= 1.0
+    );
+    assert!(grew(r#"keyhouse_verify_outcomes_total{reason="VALID"}"#) >= 3.0);
+    assert!(grew(r#"keyhouse_verify_outcomes_total{reason="MALFORMED"}"#) >= 1.0);
+    assert!(grew(r#"keyhouse_verify_cache_lookups_total{result="hit"}"#) >= 2.0);
+    assert!(
+        get(
+            &after,
+            r#"keyhouse_bcrypt_duration_seconds_count{operation="verify"}"#
+        ) >= 1.0
+    );
+    assert!(
+        get(
+            &after,
+            r#"keyhouse_request_duration_seconds_count{method="/keyhouse.v1.UserKeyService/VerifyKey"}"#
+        ) >= 4.0
+    );
+    assert!(
+        !text.contains(&key.api_key) && !text.contains(&token) && !text.contains(&key.key_id),
+        "metrics name no key, token or id"
+    );
+}
