@@ -222,10 +222,6 @@ impl UserKeys {
         req: pb::GetKeyUsageRequest,
     ) -> Result<pb::GetKeyUsageResponse> {
         let id = parse_key_id(&req.key_id)?;
-        let row = match caller.principal.role {
-            Role::Admin => store::find(&self.db, id).await?.ok_or_else(not_found)?,
-            Role::User => self.find(caller, id).await?,
-        };
         let to = match &req.to {
             Some(t) => from_timestamp(t, "to")?,
             None => now(),
@@ -237,7 +233,12 @@ impl UserKeys {
         if from >= to {
             return Err(Error::invalid("from", "from must be before to"));
         }
+        // Counts before the key's row: a flush that lands in between then shows in both.
         let hours = store::usage(&self.db, id, from, to).await?;
+        let row = match caller.principal.role {
+            Role::Admin => store::find(&self.db, id).await?.ok_or_else(not_found)?,
+            Role::User => self.find(caller, id).await?,
+        };
         Ok(pb::GetKeyUsageResponse {
             key_id: id.to_string(),
             total_requests: hours.iter().map(|h| h.requests).sum(),
