@@ -95,7 +95,31 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls_made() {
         .expect("GET");
     assert_eq!(res.status(), 401);
 
+    // Made-up paths do not mint series.
+    for i in 0..3 {
+        let path = format!("/keyhouse.v1.UserKeyService/Made_Up_{i}");
+        let res = server
+            .http()
+            .post(server.rest(&path))
+            .header("content-type", "application/grpc")
+            .body(vec![0u8; 5])
+            .send()
+            .await
+            .expect("POST");
+        assert!(res.status().as_u16() < 500);
+        server
+            .http()
+            .get(server.rest(&format!("/no/such/path/{i}")))
+            .send()
+            .await
+            .expect("GET");
+    }
+
     let (text, after) = scrape(&server).await;
+    assert!(
+        !text.contains("Made_Up") && !text.contains("/no/such/path"),
+        "unknown paths share the `unmatched` label"
+    );
     let grew = |series: &str| get(&after, series) - get(&before, series);
     assert!(
         grew(

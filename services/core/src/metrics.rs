@@ -92,35 +92,39 @@ pub async fn render() -> Response {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// Counts and times every request. gRPC methods are named by their path; REST requests by
-/// their route template (never the raw path, which can hold ids).
+/// Counts and times every request. gRPC methods are named by their path, REST requests by their
+/// route template (never the raw path, which can hold ids). Paths that match nothing, and gRPC
+/// methods the server does not implement, share one label, so that no caller can mint series.
 pub async fn track(req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
     let grpc = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
-    let method = if grpc {
-        path
-    } else {
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or("unmatched", MatchedPath::as_str)
-            .to_owned();
-        format!("{} {route}", req.method())
-    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let path = req.uri().path().to_owned();
+    let verb = req.method().clone();
     let started = Instant::now();
     let response = next.run(req).await;
-    let status = match response
+    let grpc_status = response
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-    {
+        .map(str::to_owned);
+    let http = response.status();
+    let method = match (grpc, route) {
+        // 12 is UNIMPLEMENTED: an unknown method of a known service.
+        (true, Some(_)) if http.is_success() && grpc_status.as_deref() != Some("12") => path,
+        (false, Some(route)) => format!("{verb} {route}"),
+        _ => "unmatched".to_owned(),
+    };
+    let status = match grpc_status {
         Some(code) => format!("grpc {code}"),
-        None if grpc => "grpc 0".to_owned(),
-        None => response.status().as_u16().to_string(),
+        None if grpc && http.is_success() => "grpc 0".to_owned(),
+        None => http.as_u16().to_string(),
     };
     METRICS
         .latency
