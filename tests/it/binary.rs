@@ -161,7 +161,7 @@ pub async fn channel(addr: &str) -> tonic::transport::Channel {
         .expect("connect")
 }
 
-pub fn bearer(token: &str) -> impl tonic::service::Interceptor + Clone {
+pub fn bearer(token: &str) -> impl tonic::service::Interceptor + Clone + use<> {
     let value: tonic::metadata::MetadataValue<_> =
         format!("Bearer {token}").parse().expect("ascii");
     move |mut req: tonic::Request<()>| {

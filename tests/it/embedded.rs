@@ -123,3 +123,61 @@ async fn service_token_create_prints_a_fresh_random_token() {
     );
     assert_ne!(first, second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_load_loses_no_acknowledged_write() {
+    use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
+    let kh = Keyhouse::on_sqlite().env(
+        "KEYHOUSE_ENCRYPTION_KEYS",
+        &keyhouse_core::crypto::fernet_ring::KeyRing::generate_key(),
+    );
+    kh.run(&["migrate"]);
+    let token = kh.session("alice", "user");
+    let (server, addr) = kh.serve().await;
+    let channel = binary::channel(&addr).await;
+
+    // Writers keep creating keys until the server stops answering.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let mut client =
+                UserKeyServiceClient::with_interceptor(channel.clone(), binary::bearer(&token));
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0.. {
+                    let req = pb::CreateKeyRequest {
+                        name: format!("writer {w} key {i}"),
+                        ..Default::default()
+                    };
+                    match client.create_key(req).await {
+                        Ok(key) => acknowledged.push(key.into_inner().key_id),
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    binary::stop(server).await;
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.expect("writer"));
+    }
+    assert!(
+        acknowledged.len() >= 8,
+        "the writers got answers before the shutdown: {}",
+        acknowledged.len()
+    );
+
+    // Every key the server acknowledged is stored.
+    let db = keyhouse_core::db::connect(&kh.db_url)
+        .await
+        .expect("connect");
+    for id in &acknowledged {
+        let row =
+            keyhouse_core::storage::user_keys::find(&db, uuid::Uuid::parse_str(id).expect("uuid"))
+                .await
+                .expect("query");
+        assert!(row.is_some(), "acknowledged key {id} was lost");
+    }
+}
