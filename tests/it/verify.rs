@@ -41,6 +41,39 @@ pub async fn mint(client: &mut UserClient, req: pb::CreateKeyRequest) -> pb::Iss
         .into_inner()
 }
 
+/// Verifies a fresh key with `limit` once on each of `targets` in turn, all in one rate-limit
+/// window: a minute boundary in between starts again with a new key, at most three times.
+async fn in_one_window(
+    owner: &mut UserClient,
+    limit: i32,
+    targets: &[&TestServer],
+) -> Vec<pb::VerifyKeyResponse> {
+    let limited = pb::CreateKeyRequest {
+        name: format!("{limit} a minute"),
+        rate_limit_per_minute: Some(limit),
+        ..Default::default()
+    };
+    for _attempt in 0..3 {
+        let key = mint(owner, limited.clone()).await;
+        let mut results = Vec::new();
+        for target in targets {
+            results.push(
+                target
+                    .user_client(None)
+                    .await
+                    .verify_key(verify(&key.api_key, &[], ""))
+                    .await
+                    .expect("verify")
+                    .into_inner(),
+            );
+        }
+        if results.iter().all(|r| r.reset_at == results[0].reset_at) {
+            return results;
+        }
+    }
+    panic!("three attempts in a row straddled a minute boundary");
+}
+
 fn named(name: &str) -> pb::CreateKeyRequest {
     pb::CreateKeyRequest {
         name: name.into(),
@@ -198,33 +231,14 @@ async fn every_reason_is_answered(backend: Backend) {
             .valid
     );
 
-    let limited = mint(
-        &mut c,
-        pb::CreateKeyRequest {
-            name: "limited".into(),
-            rate_limit_per_minute: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
-    let first = gateway
-        .verify_key(verify(&limited.api_key, &[], ""))
-        .await
-        .expect("verify")
-        .into_inner();
-    let second = gateway
-        .verify_key(verify(&limited.api_key, &[], ""))
-        .await
-        .expect("verify")
-        .into_inner();
-    if first.reset_at == second.reset_at {
-        assert!(first.valid && (first.limit, first.remaining) == (1, 0));
-        assert_eq!(
-            (second.valid, second.reason()),
-            (false, Reason::RateLimited)
-        );
-        assert!(second.reset_at.expect("reset_at").seconds > chrono::Utc::now().timestamp() - 1);
-    }
+    let window = in_one_window(&mut c, 1, &[&server, &server]).await;
+    let (first, second) = (&window[0], &window[1]);
+    assert!(first.valid && (first.limit, first.remaining) == (1, 0));
+    assert_eq!(
+        (second.valid, second.reason()),
+        (false, Reason::RateLimited)
+    );
+    assert!(second.reset_at.expect("reset_at").seconds > chrono::Utc::now().timestamp() - 1);
 
     let fenced = mint(
         &mut c,
@@ -328,37 +342,18 @@ async fn rate_limits_count_per_replica_or_across_replicas_through_redis(backend:
     let replica = server.replica().await;
     let token = server.session("alice", Role::User).await;
     let mut c = server.user_client(Some(&token)).await;
-    let limited = pb::CreateKeyRequest {
-        name: "three a minute".into(),
-        rate_limit_per_minute: Some(3),
-        ..Default::default()
-    };
-
-    // Per replica: each counts its own three. (Retried if a minute boundary falls in between.)
-    for _attempt in 0..3 {
-        let key = mint(&mut c, limited.clone()).await;
-        let mut results = Vec::new();
-        for target in [
+    // Per replica: each counts its own three.
+    let results = in_one_window(
+        &mut c,
+        3,
+        &[
             &server, &server, &server, &server, &replica, &replica, &replica,
-        ] {
-            results.push(
-                target
-                    .user_client(None)
-                    .await
-                    .verify_key(verify(&key.api_key, &[], ""))
-                    .await
-                    .expect("verify")
-                    .into_inner(),
-            );
-        }
-        if results.iter().any(|r| r.reset_at != results[0].reset_at) {
-            continue;
-        }
-        let valid: Vec<bool> = results.iter().map(|r| r.valid).collect();
-        assert_eq!(valid, [true, true, true, false, true, true, true]);
-        assert_eq!(results[3].reason(), Reason::RateLimited);
-        break;
-    }
+        ],
+    )
+    .await;
+    let valid: Vec<bool> = results.iter().map(|r| r.valid).collect();
+    assert_eq!(valid, [true, true, true, false, true, true, true]);
+    assert_eq!(results[3].reason(), Reason::RateLimited);
 
     // Through Redis: one count for every replica.
     let mut shared = server.settings.clone();
@@ -367,35 +362,17 @@ async fn rate_limits_count_per_replica_or_across_replicas_through_redis(backend:
         TestServer::serve(shared.clone(), None).await,
         TestServer::serve(shared, None).await,
     );
-    for _attempt in 0..3 {
-        let key = mint(&mut c, limited.clone()).await;
-        let mut results = Vec::new();
-        for target in [&a, &b, &a, &b] {
-            results.push(
-                target
-                    .user_client(None)
-                    .await
-                    .verify_key(verify(&key.api_key, &[], ""))
-                    .await
-                    .expect("verify")
-                    .into_inner(),
-            );
-        }
-        if results.iter().any(|r| r.reset_at != results[0].reset_at) {
-            continue;
-        }
-        let valid: Vec<bool> = results.iter().map(|r| r.valid).collect();
-        assert_eq!(
-            valid,
-            [true, true, true, false],
-            "the fourth request, on either replica, is over the limit"
-        );
-        assert_eq!(
-            results.iter().map(|r| r.remaining).collect::<Vec<_>>(),
-            [2, 1, 0, 0]
-        );
-        break;
-    }
+    let results = in_one_window(&mut c, 3, &[&a, &b, &a, &b]).await;
+    let valid: Vec<bool> = results.iter().map(|r| r.valid).collect();
+    assert_eq!(
+        valid,
+        [true, true, true, false],
+        "the fourth request, on either replica, is over the limit"
+    );
+    assert_eq!(
+        results.iter().map(|r| r.remaining).collect::<Vec<_>>(),
+        [2, 1, 0, 0]
+    );
 }
 
 async fn ip_allowlists_take_ipv4_and_ipv6_networks(backend: Backend) {

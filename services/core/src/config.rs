@@ -22,7 +22,7 @@ pub const MAX_EXPIRY_DAYS: i32 = 3650;
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerSettings {
     /// Database to use: `sqlite://path?mode=rwc` or `postgres://user@host/db`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Address to serve gRPC, grpc-web and REST on.
@@ -103,7 +103,7 @@ pub struct VerifySettings {
     )]
     pub negative_cache_max_entries: usize,
     /// Redis for rate limits shared by every replica; unset counts per replica.
-    #[arg(long, env = "KEYHOUSE_REDIS_URL")]
+    #[arg(long, env = "KEYHOUSE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// How often usage counts are written (milliseconds).
     #[arg(long, env = "KEYHOUSE_USAGE_FLUSH_MILLIS", default_value_t = 5_000)]

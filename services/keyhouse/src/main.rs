@@ -19,7 +19,7 @@ enum Command {
     Serve(ServerSettings),
     /// Apply pending migrations to DATABASE_URL and exit.
     Migrate {
-        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
         database_url: String,
     },
     /// Manage sessions.
@@ -76,7 +76,7 @@ enum SessionCommand {
         /// How long the session lives, e.g. 30m, 8h, 7d.
         #[arg(long, default_value = "8h", value_parser = keyhouse::duration::parse)]
         ttl: chrono::Duration,
-        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
         database_url: String,
     },
 }

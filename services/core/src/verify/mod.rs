@@ -10,7 +10,7 @@ mod rate_limit;
 mod usage;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -92,13 +92,24 @@ struct Inner {
     found: Cache<Arc<KeyInfo>>,
     unknown: Cache<()>,
     invalidated: RwLock<HashMap<Uuid, Instant>>,
-    /// How many entries `invalidated` holds.
-    invalidations: AtomicUsize,
+    /// When the latest invalidation happened, as nanoseconds after `epoch` (0: never). An entry
+    /// cached after it cannot be stale, so the hot path skips the lock for it.
+    last_invalidation: AtomicU64,
+    epoch: Instant,
     inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
     limiter: RateLimiter,
     usage: UsageRecorder,
     bcrypt_runs: AtomicU64,
     ttl: Duration,
+}
+
+impl Inner {
+    /// `at` as nanoseconds after the verifier started, never 0.
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
 }
 
 impl Verifier {
@@ -118,7 +129,8 @@ impl Verifier {
                 Duration::from_secs(settings.negative_cache_ttl_secs.max(1)),
             ),
             invalidated: RwLock::new(HashMap::new()),
-            invalidations: AtomicUsize::new(0),
+            last_invalidation: AtomicU64::new(0),
+            epoch: Instant::now(),
             inflight: Mutex::new(HashMap::new()),
             limiter: RateLimiter::new(settings.redis_url.as_deref()).await?,
             usage: UsageRecorder::default(),
@@ -139,11 +151,6 @@ impl Verifier {
         self.inner.bcrypt_runs.load(Ordering::Relaxed)
     }
 
-    /// How many keys have a cached verdict.
-    pub fn cached_keys(&self) -> usize {
-        self.inner.found.len()
-    }
-
     /// Forgets what is cached about `key_id`, including verdicts being looked up right now.
     pub fn invalidate(&self, key_id: Uuid) {
         let mut invalidated = self
@@ -155,10 +162,11 @@ impl Verifier {
         if invalidated.len() > 10_000 {
             invalidated.retain(|_, at| at.elapsed() < ttl);
         }
-        invalidated.insert(key_id, Instant::now());
+        let now = Instant::now();
+        invalidated.insert(key_id, now);
         self.inner
-            .invalidations
-            .store(invalidated.len(), Ordering::Relaxed);
+            .last_invalidation
+            .store(self.inner.since_epoch(now), Ordering::Release);
     }
 
     /// Writes pending usage counts now (also done periodically and at shutdown).
@@ -225,8 +233,7 @@ impl Verifier {
         let Some((info, at)) = self.inner.found.get(digest) else {
             return Cached::None;
         };
-        // Most of the time nothing was invalidated recently: skip the lock.
-        if self.inner.invalidations.load(Ordering::Relaxed) == 0 {
+        if self.inner.since_epoch(at) > self.inner.last_invalidation.load(Ordering::Acquire) {
             return Cached::Fresh(info);
         }
         let invalidated = self
