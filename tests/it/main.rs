@@ -17,6 +17,7 @@ mod rest_platform_keys;
 mod rest_user_keys;
 mod server;
 mod stub;
+mod traces;
 mod user_keys;
 mod user_keys_validation;
 mod verify;

@@ -145,6 +145,15 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls_made() {
             r#"keyhouse_request_duration_seconds_count{method="/keyhouse.v1.UserKeyService/VerifyKey"}"#
         ) >= 4.0
     );
+    // The pool has served every call above, so it holds at least one connection, within its
+    // bound.
+    let in_use = get(&after, r#"keyhouse_db_pool_connections{state="in_use"}"#);
+    let idle = get(&after, r#"keyhouse_db_pool_connections{state="idle"}"#);
+    let max = get(&after, "keyhouse_db_pool_max_connections");
+    assert!(
+        in_use + idle >= 1.0 && in_use + idle <= max,
+        "pool: {in_use} in use + {idle} idle, at most {max}"
+    );
     assert!(
         !text.contains(&key.api_key) && !text.contains(&token) && !text.contains(&key.key_id),
         "metrics name no key, token or id"

@@ -1,18 +1,21 @@
 //! Prometheus metrics, served at `/metrics` on the same port as everything else: requests by
 //! method and status with latency histograms (gRPC, grpc-web and REST alike), VerifyKey outcomes
-//! by reason, the verdict cache's hits and misses, and bcrypt durations. Labels never carry a
-//! key, a token or a user id.
+//! by reason, the verdict cache's hits and misses, bcrypt durations and the database pool's
+//! connections. Labels never carry a key, a token or a user id.
 
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+use sea_orm::{DatabaseBackend, DatabaseConnection};
 
 pub struct Metrics {
     registry: Registry,
@@ -21,6 +24,8 @@ pub struct Metrics {
     pub verify_outcomes: IntCounterVec,
     pub verify_cache: IntCounterVec,
     pub bcrypt_seconds: HistogramVec,
+    pool_connections: IntGaugeVec,
+    pool_max: IntGauge,
 }
 
 fn build() -> prometheus::Result<Metrics> {
@@ -55,6 +60,19 @@ fn build() -> prometheus::Result<Metrics> {
             .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]),
         &["operation"],
     )?;
+    let pool_connections = IntGaugeVec::new(
+        Opts::new(
+            "db_pool_connections",
+            "Database pool connections: in_use (lent to a query) and idle",
+        ),
+        &["state"],
+    )?;
+    let pool_max = IntGauge::new(
+        "db_pool_max_connections",
+        "The most connections the database pool opens",
+    )?;
+    registry.register(Box::new(pool_connections.clone()))?;
+    registry.register(Box::new(pool_max.clone()))?;
     for c in [&requests, &verify_outcomes, &verify_cache] {
         registry.register(Box::new(c.clone()))?;
     }
@@ -68,6 +86,8 @@ fn build() -> prometheus::Result<Metrics> {
         verify_outcomes,
         verify_cache,
         bcrypt_seconds,
+        pool_connections,
+        pool_max,
     })
 }
 
@@ -76,8 +96,37 @@ fn build() -> prometheus::Result<Metrics> {
 pub static METRICS: LazyLock<Metrics> =
     LazyLock::new(|| build().expect("metric definitions are valid"));
 
-/// The Prometheus text exposition of every metric.
-pub async fn render() -> Response {
+/// The Prometheus text exposition of every metric; the pool gauges are read at scrape time.
+pub async fn render(State(db): State<DatabaseConnection>) -> Response {
+    let (size, idle, max) = match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            )
+        }
+        DatabaseBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            )
+        }
+        _ => (0, 0, 0),
+    };
+    let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+    METRICS
+        .pool_connections
+        .with_label_values(&["idle"])
+        .set(idle);
+    METRICS
+        .pool_connections
+        .with_label_values(&["in_use"])
+        .set((i64::from(size) - idle).max(0));
+    METRICS.pool_max.set(i64::from(max));
     let mut out = Vec::new();
     if TextEncoder::new()
         .encode(&METRICS.registry.gather(), &mut out)
@@ -96,11 +145,7 @@ pub async fn render() -> Response {
 /// route template (never the raw path, which can hold ids). Paths that match nothing, and gRPC
 /// methods the server does not implement, share one label, so that no caller can mint series.
 pub async fn track(req: Request, next: Next) -> Response {
-    let grpc = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let grpc = is_grpc(req.headers());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -109,21 +154,16 @@ pub async fn track(req: Request, next: Next) -> Response {
     let verb = req.method().clone();
     let started = Instant::now();
     let response = next.run(req).await;
-    let grpc_status = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let code = grpc_status(grpc, &response);
     let http = response.status();
     let method = match (grpc, route) {
         // 12 is UNIMPLEMENTED: an unknown method of a known service.
-        (true, Some(_)) if http.is_success() && grpc_status.as_deref() != Some("12") => path,
+        (true, Some(_)) if http.is_success() && code != Some(12) => path,
         (false, Some(route)) => format!("{verb} {route}"),
         _ => "unmatched".to_owned(),
     };
-    let status = match grpc_status {
+    let status = match code {
         Some(code) => format!("grpc {code}"),
-        None if grpc && http.is_success() => "grpc 0".to_owned(),
         None => http.as_u16().to_string(),
     };
     METRICS
@@ -135,4 +175,28 @@ pub async fn track(req: Request, next: Next) -> Response {
         .with_label_values(&[&method, &status])
         .inc();
     response
+}
+
+/// Native gRPC and grpc-web alike.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A gRPC call's status code as far as the response head tells: a call that failed before any
+/// message carries it in its headers; otherwise an HTTP success means OK (a status sent later,
+/// in the trailers, is not seen here). `None` for a response that is not a gRPC answer.
+pub fn grpc_status(grpc: bool, response: &Response) -> Option<u16> {
+    let header = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    match header {
+        Some(code) => Some(code),
+        None if grpc && response.status().is_success() => Some(0),
+        None => None,
+    }
 }

@@ -88,8 +88,13 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(settings) => settings.log_format,
         _ => telemetry::LogFormat::Pretty,
     };
-    telemetry::init(format);
-    server::exit_on_error(run(cli.command).await)
+    server::exit_on_error(
+        async {
+            let _telemetry = telemetry::init(format, "keyhouse")?;
+            run(cli.command).await
+        }
+        .await,
+    )
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -57,22 +57,14 @@ impl ApiKey {
     /// bcrypt at `cost`, on the blocking pool: ~230 ms of CPU at cost 12.
     pub async fn hash(&self, cost: u32) -> Result<String> {
         let key = self.0.clone();
-        tokio::task::spawn_blocking(move || timed("hash", || bcrypt::hash(key.as_bytes(), cost)))
-            .await
-            .map_err(Error::internal)?
-            .map_err(Error::internal)
+        on_blocking_pool("hash", move || bcrypt::hash(key.as_bytes(), cost)).await
     }
 
     /// Checks the key against a stored bcrypt hash, on the blocking pool.
     pub async fn verify(&self, hash: &str) -> Result<bool> {
         let key = self.0.clone();
         let hash = hash.to_owned();
-        tokio::task::spawn_blocking(move || {
-            timed("verify", || bcrypt::verify(key.as_bytes(), &hash))
-        })
-        .await
-        .map_err(Error::internal)?
-        .map_err(Error::internal)
+        on_blocking_pool("verify", move || bcrypt::verify(key.as_bytes(), &hash)).await
     }
 }
 
@@ -88,14 +80,26 @@ impl PartialEq for ApiKey {
     }
 }
 
-fn timed<T>(operation: &str, f: impl FnOnce() -> T) -> T {
-    let started = std::time::Instant::now();
-    let out = f();
-    crate::metrics::METRICS
-        .bcrypt_seconds
-        .with_label_values(&[operation])
-        .observe(started.elapsed().as_secs_f64());
-    out
+/// Runs one bcrypt operation on the blocking pool, timed for the metrics and traced as a child
+/// of the caller's span.
+async fn on_blocking_pool<T: Send + 'static>(
+    operation: &'static str,
+    f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static,
+) -> Result<T> {
+    let span = tracing::info_span!("bcrypt", bcrypt.operation = operation);
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        let out = f();
+        crate::metrics::METRICS
+            .bcrypt_seconds
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+        out
+    })
+    .await
+    .map_err(Error::internal)?
+    .map_err(Error::internal)
 }
 
 fn well_formed(s: &str) -> bool {

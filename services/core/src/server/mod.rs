@@ -84,6 +84,9 @@ pub async fn serve(
         .fallback(probes::not_found)
         .method_not_allowed_fallback(probes::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::metrics::track));
+    if crate::telemetry::traces_enabled() {
+        app = app.layer(axum::middleware::from_fn(crate::telemetry::trace_request));
+    }
     if let Some(cors) = cors_layer(cors_origins)? {
         app = app.layer(cors);
     }

@@ -13,6 +13,7 @@ use crate::auth::Caller;
 use crate::entities::audit_events;
 use crate::error::Result;
 
+#[tracing::instrument(name = "audit.record", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn record(
     conn: &impl ConnectionTrait,
     caller: &Caller,
@@ -45,6 +46,7 @@ pub struct Filter {
 }
 
 /// One page of events, newest first; `limit + 1` rows are read to know if more follow.
+#[tracing::instrument(name = "audit.list", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn list(
     conn: &impl ConnectionTrait,
     filter: &Filter,

@@ -13,12 +13,14 @@ use crate::error::Result;
 
 pub const CATEGORY: &str = "platform_keys";
 
+#[tracing::instrument(name = "platform_keys.current", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn current(conn: &impl ConnectionTrait, name: &str) -> Result<Option<settings::Model>> {
     Ok(settings::Entity::find_by_id(name.to_owned())
         .one(conn)
         .await?)
 }
 
+#[tracing::instrument(name = "platform_keys.all_current", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn all_current(conn: &impl ConnectionTrait) -> Result<Vec<settings::Model>> {
     Ok(settings::Entity::find()
         .filter(settings::Column::Category.eq(CATEGORY))
@@ -26,6 +28,7 @@ pub async fn all_current(conn: &impl ConnectionTrait) -> Result<Vec<settings::Mo
         .await?)
 }
 
+#[tracing::instrument(name = "platform_keys.versions", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn versions(conn: &impl ConnectionTrait, name: &str) -> Result<Vec<versions::Model>> {
     Ok(versions::Entity::find()
         .filter(versions::Column::Name.eq(name))
@@ -34,6 +37,7 @@ pub async fn versions(conn: &impl ConnectionTrait, name: &str) -> Result<Vec<ver
         .await?)
 }
 
+#[tracing::instrument(name = "platform_keys.version", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn version(
     conn: &impl ConnectionTrait,
     name: &str,
@@ -47,6 +51,7 @@ pub async fn version(
 }
 
 /// The previews of the given (name, version) pairs' versions, for listing.
+#[tracing::instrument(name = "platform_keys.previews", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn previews(
     conn: &impl ConnectionTrait,
     current: &[settings::Model],
@@ -70,6 +75,7 @@ pub struct NewVersion<'a> {
 }
 
 /// Records a new version and makes it current; returns its number. Run it in a transaction.
+#[tracing::instrument(name = "platform_keys.store", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn store(conn: &impl ConnectionTrait, new: NewVersion<'_>) -> Result<i64> {
     let latest: Option<i64> = versions::Entity::find()
         .select_only()
@@ -120,6 +126,7 @@ pub async fn store(conn: &impl ConnectionTrait, new: NewVersion<'_>) -> Result<i
 }
 
 /// Removes the current value (history stays); returns whether there was one.
+#[tracing::instrument(name = "platform_keys.delete_current", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn delete_current(conn: &impl ConnectionTrait, name: &str) -> Result<bool> {
     let res = settings::Entity::delete_by_id(name.to_owned())
         .exec(conn)

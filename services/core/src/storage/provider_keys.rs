@@ -7,6 +7,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use crate::entities::user_provider_keys::{ActiveModel, Column, Entity, Model};
 use crate::error::Result;
 
+#[tracing::instrument(name = "provider_keys.find", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn find(
     conn: &impl ConnectionTrait,
     user_id: &str,
@@ -19,6 +20,7 @@ pub async fn find(
         .await?)
 }
 
+#[tracing::instrument(name = "provider_keys.list", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn list(conn: &impl ConnectionTrait, user_id: &str) -> Result<Vec<Model>> {
     Ok(Entity::find()
         .filter(Column::UserId.eq(user_id))
@@ -28,6 +30,7 @@ pub async fn list(conn: &impl ConnectionTrait, user_id: &str) -> Result<Vec<Mode
 }
 
 /// Stores (or replaces) a user's key for a provider; a replaced key is untested again.
+#[tracing::instrument(name = "provider_keys.upsert", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn upsert(conn: &impl ConnectionTrait, row: Model) -> Result<()> {
     let model = ActiveModel {
         id: Set(row.id),
@@ -63,6 +66,7 @@ pub async fn upsert(conn: &impl ConnectionTrait, row: Model) -> Result<()> {
     Ok(())
 }
 
+#[tracing::instrument(name = "provider_keys.delete", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn delete(conn: &impl ConnectionTrait, user_id: &str, provider: &str) -> Result<bool> {
     let res = Entity::delete_many()
         .filter(Column::UserId.eq(user_id))
@@ -72,6 +76,7 @@ pub async fn delete(conn: &impl ConnectionTrait, user_id: &str, provider: &str) 
     Ok(res.rows_affected > 0)
 }
 
+#[tracing::instrument(name = "provider_keys.record_test", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn record_test(
     conn: &impl ConnectionTrait,
     row: &Model,

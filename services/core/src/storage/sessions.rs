@@ -11,6 +11,7 @@ use crate::entities::sessions;
 use crate::error::{Error, Result};
 
 /// Stores a new session and returns its token, which exists nowhere else afterwards.
+#[tracing::instrument(name = "sessions.create", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn create(
     conn: &impl ConnectionTrait,
     user_id: &str,
@@ -40,6 +41,7 @@ pub async fn create(
 }
 
 /// The principal of a live session; anything else is `Unauthenticated`.
+#[tracing::instrument(name = "sessions.resolve", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn resolve(conn: &impl ConnectionTrait, token: Option<&str>) -> Result<Principal> {
     let token = token.ok_or(Error::Unauthenticated(AuthFailure::NoToken))?;
     let invalid = || Error::Unauthenticated(AuthFailure::InvalidSession);

@@ -62,10 +62,12 @@ impl Status {
     }
 }
 
+#[tracing::instrument(name = "user_keys.insert", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn insert(conn: &impl ConnectionTrait, key: ActiveModel) -> Result<Model> {
     Ok(Entity::insert(key).exec_with_returning(conn).await?)
 }
 
+#[tracing::instrument(name = "user_keys.find_owned", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn find_owned(
     conn: &impl ConnectionTrait,
     user_id: &str,
@@ -78,6 +80,7 @@ pub async fn find_owned(
 }
 
 /// One page of a user's keys, newest first; `limit + 1` rows are read to know if more follow.
+#[tracing::instrument(name = "user_keys.list_page", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn list_page(
     conn: &impl ConnectionTrait,
     user_id: &str,
@@ -108,6 +111,7 @@ pub async fn list_page(
 }
 
 /// Marks an active key revoked; returns whether a row changed.
+#[tracing::instrument(name = "user_keys.revoke", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn revoke(
     conn: &impl ConnectionTrait,
     user_id: &str,
@@ -135,6 +139,7 @@ pub struct NewSecret {
 
 /// Swaps the secret of an active key; returns the updated row, or `None` when the key is not
 /// the caller's or is no longer active.
+#[tracing::instrument(name = "user_keys.replace_secret", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn replace_secret(
     conn: &impl ConnectionTrait,
     user_id: &str,
@@ -161,6 +166,7 @@ pub async fn replace_secret(
 }
 
 /// Every key (any owner, any state) whose lookup prefix matches: almost always one.
+#[tracing::instrument(name = "user_keys.find_by_prefix", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn find_by_prefix(conn: &impl ConnectionTrait, prefix: &str) -> Result<Vec<Model>> {
     Ok(Entity::find()
         .filter(Column::KeyPrefix.eq(prefix))
@@ -169,11 +175,13 @@ pub async fn find_by_prefix(conn: &impl ConnectionTrait, prefix: &str) -> Result
 }
 
 /// Any key by id, whoever owns it: for admins only.
+#[tracing::instrument(name = "user_keys.find", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Model>> {
     Ok(Entity::find_by_id(id).one(conn).await?)
 }
 
 /// A key's hourly usage in `[from, to)`, oldest first.
+#[tracing::instrument(name = "user_keys.usage", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn usage(
     conn: &impl ConnectionTrait,
     id: Uuid,

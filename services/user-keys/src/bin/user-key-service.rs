@@ -12,9 +12,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings = Cli::parse().settings;
-    telemetry::init(settings.log_format);
     server::exit_on_error(
         async {
+            let _telemetry = telemetry::init(settings.log_format, "user-key-service")?;
             let listener = server::bind(&settings).await?;
             keyhouse_user_keys::run(settings, listener, server::shutdown_signal()).await
         }
