@@ -63,6 +63,9 @@ GRPC_SERVICE = {
 BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("replicas given as a string", {"userKeyService": {"replicaCount": "3"}}),
     ("unknown top-level key (typo of a real one)", {"replicaCount": 3}),
+    ("NetworkPolicy that would block the ServiceMonitor's scrape (template check)",
+     {"networkPolicy": {"enabled": True, "allowedFrom": [{"podSelector": {}}]},
+      "serviceMonitor": {"enabled": True}}),
     ("unknown nested key", {"platformKeyService": {"replicas": 2}}),
     ("image.pullPolicy not Always/IfNotPresent/Never", {"image": {"pullPolicy": "Sometimes"}}),
     ("log format other than json/pretty", {"config": {"logFormat": "text"}}),
@@ -459,6 +462,14 @@ def image_problems(repo: Path, defaults: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
+def readme_values(repo: Path) -> dict:
+    """The production values example of the README's "Deploying on Kubernetes", so that what a
+    reader copies is what this check renders."""
+    text = (repo / "README.md").read_text()
+    after = text[text.index("A production `values-prod.yaml`:"):]
+    return yaml.safe_load(after.split("```yaml\n", 1)[1].split("```", 1)[0])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chart", default=str(Path(__file__).resolve().parent / "keyhouse"))
@@ -481,6 +492,7 @@ def main() -> int:
     scenarios: list[tuple[str, dict | None]] = [("default values", None)]
     for f in sorted((chart_dir / "ci").glob("*-values.yaml")):
         scenarios.append((f"ci/{f.name}", yaml.safe_load(f.read_text()) or {}))
+    scenarios.append(("README's values-prod.yaml", readme_values(chart_dir.parent.parent)))
 
     # 1. helm lint --strict
     section("helm lint --strict")
