@@ -6,6 +6,7 @@ mod alloc;
 mod load;
 mod scenarios;
 mod setup;
+mod traces;
 
 use clap::Parser;
 
@@ -34,7 +35,7 @@ pub struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres_url: String,
-    /// Only these benchmarks (1-7); all when empty.
+    /// Only these benchmarks (1-8); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
 }

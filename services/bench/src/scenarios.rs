@@ -1,4 +1,4 @@
-//! The seven measurements of the verification path, printed as Markdown.
+//! The measurements of the verification path, printed as Markdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -353,6 +353,17 @@ pub async fn run(args: &Args, server_rt: tokio::runtime::Handle) -> anyhow::Resu
             "\nkeyhouse answers **{:.0}×** as many verifications per second.\n",
             cached_rate / per_second.max(0.001)
         );
+    }
+    if wanted(8) {
+        crate::traces::run(
+            args,
+            &server_rt,
+            &chans,
+            &key.api_key,
+            verify_call,
+            empty_call,
+        )
+        .await?;
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,7 +18,7 @@ use http::HeaderMap;
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithTonicConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -57,7 +57,19 @@ pub struct Telemetry {
 /// standard `OTEL_*` variables configure traces, and `service` is the default
 /// `OTEL_SERVICE_NAME`. Fails on a trace configuration keyhouse cannot honour.
 pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
-    let traces = Traces::from_env(service)?;
+    Ok(install(format, Traces::from_env(service)?))
+}
+
+/// As `init`, but traces go to `endpoint` whatever the environment says: for benchmarks.
+pub fn init_exporting_to(
+    format: LogFormat,
+    service: &str,
+    endpoint: &str,
+) -> anyhow::Result<Telemetry> {
+    Ok(install(format, Some(Traces::to(endpoint, service)?)))
+}
+
+fn install(format: LogFormat, traces: Option<Traces>) -> Telemetry {
     let filter = std::env::var("KEYHOUSE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
@@ -69,10 +81,16 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
             .boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
-    // Only keyhouse's own spans: the exporter's own HTTP/2 client must not trace itself.
+    // Only keyhouse's own spans: the exporter's own HTTP/2 client must not trace itself. Source
+    // locations, thread names and busy/idle times are left out: they made every span larger to
+    // encode and ship without saying more than the span's name does.
     let otel = traces.as_ref().map(|t| {
         tracing_opentelemetry::layer()
             .with_tracer(t.provider.tracer("keyhouse"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(Targets::new().with_target("keyhouse", tracing::Level::INFO))
     });
     let _ = tracing_subscriber::registry()
@@ -80,7 +98,7 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
         .with(otel)
         .try_init();
     TRACES_ON.store(traces.is_some(), Ordering::Relaxed);
-    Ok(Telemetry { _traces: traces })
+    Telemetry { _traces: traces }
 }
 
 struct Traces {
@@ -108,7 +126,11 @@ impl Traces {
         {
             bail!("{var}={value} is not supported: keyhouse exports traces over OTLP/gRPC only");
         }
-        let tls = tls_config(&endpoint)?;
+        Self::to(&endpoint, service).map(Some)
+    }
+
+    fn to(endpoint: &str, service: &str) -> anyhow::Result<Self> {
+        let tls = tls_config(endpoint)?;
         // The SDK exports from its own thread, and the gRPC client needs a Tokio reactor: it
         // gets one of its own, so that export never competes with, or outlives, the server's.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +141,9 @@ impl Traces {
             .context("cannot start the trace exporter")?;
         let built = {
             let _entered = runtime.enter();
-            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint);
             match tls {
                 Some(tls) => builder.with_tls_config(tls).build(),
                 None => builder.build(),
@@ -140,10 +164,10 @@ impl Traces {
                 failing: Arc::new(AtomicBool::new(false)),
             })
             .build();
-        Ok(Some(Self {
+        Ok(Self {
             provider,
             runtime: Some(runtime),
-        }))
+        })
     }
 }
 
