@@ -132,7 +132,8 @@ impl Traces {
     fn to(endpoint: &str, service: &str) -> anyhow::Result<Self> {
         let tls = tls_config(endpoint)?;
         // The SDK exports from its own thread, and the gRPC client needs a Tokio reactor: it
-        // gets one of its own, so that export never competes with, or outlives, the server's.
+        // gets one of its own, so that export never queues behind the server's tasks and can
+        // still flush while the server's runtime shuts down.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-export")
