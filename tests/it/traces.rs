@@ -186,6 +186,14 @@ async fn create_key_spans_reach_an_otlp_collector_under_the_callers_trace_withou
         .expect("api_key")
         .to_owned();
 
+    // A key pasted into a path that matches no route: the path is not recorded.
+    let res = reqwest::Client::new()
+        .get(format!("http://{addr}/api/v1/keys/{}", issued.api_key))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+
     // A platform secret, written and read back, and a key verified: their values must not
     // appear in any span either.
     let platform_secret = "sk-or-v1-traced-platform-secret-0001";

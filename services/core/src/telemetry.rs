@@ -285,9 +285,13 @@ pub async fn trace_request(req: Request, next: Next) -> Response {
     let verb = req.method().clone();
     let routed = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
     let grpc = crate::metrics::is_grpc(req.headers());
+    // A path that matched no route is the caller's free text: it is not recorded.
     let span = if grpc {
         let path = req.uri().path().trim_start_matches('/');
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let (service, method) = match routed {
+            Some(_) => path.split_once('/').unzip(),
+            None => (None, None),
+        };
         tracing::info_span!(
             target: "keyhouse::request",
             "request",
@@ -313,7 +317,7 @@ pub async fn trace_request(req: Request, next: Next) -> Response {
             otel.status_code = Empty,
             http.request.method = verb.as_str(),
             http.route = routed,
-            url.path = req.uri().path(),
+            url.path = routed.map(|_| req.uri().path()),
             http.response.status_code = Empty,
         )
     };
