@@ -193,6 +193,18 @@ async fn create_key_spans_reach_an_otlp_collector_under_the_callers_trace_withou
         .await
         .expect("GET");
     assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+    // And into a gRPC method name of a real service.
+    let res = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/keyhouse.v1.UserKeyService/{}",
+            issued.api_key
+        ))
+        .header("content-type", "application/grpc")
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .expect("POST");
+    assert!(res.status().as_u16() < 500);
 
     // A platform secret, written and read back, and a key verified: their values must not
     // appear in any span either.
@@ -354,7 +366,8 @@ fn test_certificates(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     };
     let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2";
     openssl(&format!(
-        "req -x509 {ec} -subj /CN=keyhouse-test-ca -keyout ca.key -out ca.pem"
+        "req -x509 {ec} -subj /CN=keyhouse-test-ca -addext basicConstraints=critical,CA:TRUE \
+         -addext keyUsage=critical,keyCertSign -keyout ca.key -out ca.pem"
     ));
     openssl(&format!(
         "req {ec} -subj /CN=127.0.0.1 -keyout leaf.key -out leaf.csr"

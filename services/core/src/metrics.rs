@@ -156,12 +156,7 @@ pub async fn track(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let code = grpc_status(grpc, &response);
     let http = response.status();
-    let method = match (grpc, route) {
-        // 12 is UNIMPLEMENTED: an unknown method of a known service.
-        (true, Some(_)) if http.is_success() && code != Some(12) => path,
-        (false, Some(route)) => format!("{verb} {route}"),
-        _ => "unmatched".to_owned(),
-    };
+    let method = method_label(grpc, route.as_deref(), &path, &verb);
     let status = match code {
         Some(code) => format!("grpc {code}"),
         None => http.as_u16().to_string(),
@@ -175,6 +170,17 @@ pub async fn track(req: Request, next: Next) -> Response {
         .with_label_values(&[&method, &status])
         .inc();
     response
+}
+
+/// How metrics and traces name a request: a gRPC call by its method path, a REST request by its
+/// verb and route template (never the raw path, which can hold ids); anything else, including a
+/// gRPC method this build does not define, is `unmatched`, so that no caller can mint names.
+pub fn method_label(grpc: bool, route: Option<&str>, path: &str, verb: &http::Method) -> String {
+    match route {
+        Some(_) if grpc && crate::server::is_grpc_method(path) => path.to_owned(),
+        Some(route) if !grpc => format!("{verb} {route}"),
+        _ => "unmatched".to_owned(),
+    }
 }
 
 /// Native gRPC and grpc-web alike.

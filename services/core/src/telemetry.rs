@@ -39,7 +39,7 @@ pub enum LogFormat {
 
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,h2=warn,hyper=warn,tower=warn";
 
-/// Set once traces are exported; until then no request pays for a span.
+/// Set once traces are exported; until then no request gets a request span.
 static TRACES_ON: AtomicBool = AtomicBool::new(false);
 
 pub fn traces_enabled() -> bool {
@@ -280,22 +280,27 @@ impl SpanExporter for OnRuntime {
 
 /// One server span per request, a child of the caller's W3C `traceparent` when it sent one.
 /// gRPC calls (native and grpc-web) get `rpc.*` attributes and are named `service/method`; REST
-/// requests get `http.*` attributes and are named by their route template.
+/// requests get `http.*` attributes and are named by their route template. Requests for no known
+/// method or route are named `unmatched` and keep no path: it is the caller's free text.
+///
+/// A streaming call's span ends when its response starts; its status is the one known then.
 pub async fn trace_request(req: Request, next: Next) -> Response {
     let verb = req.method().clone();
-    let routed = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
     let grpc = crate::metrics::is_grpc(req.headers());
-    // A path that matched no route is the caller's free text: it is not recorded.
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    let path = req.uri().path();
+    let name = crate::metrics::method_label(grpc, route, path, &verb);
+    let known = name != "unmatched";
     let span = if grpc {
-        let path = req.uri().path().trim_start_matches('/');
-        let (service, method) = match routed {
-            Some(_) => path.split_once('/').unzip(),
-            None => (None, None),
+        let (service, method) = if known {
+            path.trim_start_matches('/').split_once('/').unzip()
+        } else {
+            (None, None)
         };
         tracing::info_span!(
             target: "keyhouse::request",
             "request",
-            otel.name = if routed.is_some() { path } else { verb.as_str() },
+            otel.name = name.trim_start_matches('/'),
             otel.kind = "server",
             otel.status_code = Empty,
             rpc.system = "grpc",
@@ -303,12 +308,9 @@ pub async fn trace_request(req: Request, next: Next) -> Response {
             rpc.method = method,
             rpc.grpc.status_code = Empty,
             http.request.method = verb.as_str(),
+            http.response.status_code = Empty,
         )
     } else {
-        let name = match routed {
-            Some(route) => format!("{verb} {route}"),
-            None => verb.to_string(),
-        };
         tracing::info_span!(
             target: "keyhouse::request",
             "request",
@@ -316,8 +318,8 @@ pub async fn trace_request(req: Request, next: Next) -> Response {
             otel.kind = "server",
             otel.status_code = Empty,
             http.request.method = verb.as_str(),
-            http.route = routed,
-            url.path = routed.map(|_| req.uri().path()),
+            http.route = route.filter(|_| known),
+            url.path = known.then_some(path),
             http.response.status_code = Empty,
         )
     };

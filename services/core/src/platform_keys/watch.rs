@@ -8,6 +8,7 @@ use keyhouse_proto::v1 as pb;
 use sea_orm::TransactionTrait;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
 
 use super::PlatformKeys;
 use super::catalog::{self, CATALOG, Spec};
@@ -40,7 +41,10 @@ impl PlatformKeys {
         let changes = self.feed.subscribe();
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
-        tokio::spawn(async move { this.stream(changes, tx, req.include_secret).await });
+        // The stream's reads (resyncs) belong to the watch call's trace.
+        tokio::spawn(
+            async move { this.stream(changes, tx, req.include_secret).await }.in_current_span(),
+        );
         Ok(rx)
     }
 

@@ -1,10 +1,13 @@
 //! Serving: native gRPC, grpc-web and REST on one listener, with reflection, health, CORS and
 //! graceful shutdown. Every keyhouse binary serves through `serve`.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::LazyLock;
 
 use axum::Router;
 use http::{HeaderName, HeaderValue, Method};
+use prost::Message;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -181,6 +184,39 @@ pub fn exit_on_error(result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
+/// Whether `path` (`/package.Service/Method`) names a gRPC method this build defines: keyhouse's
+/// own, health and reflection. Telemetry names calls only by these, never by a caller's free text.
+pub fn is_grpc_method(path: &str) -> bool {
+    static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+        let sets = [
+            keyhouse_proto::v1::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut methods = HashSet::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        methods
+    });
+    METHODS.contains(path)
+}
+
 /// Resolves on SIGINT (ctrl-c) or SIGTERM (what Kubernetes and systemd send).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -206,5 +242,31 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
         () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_grpc_method;
+
+    #[test]
+    fn grpc_methods_are_the_ones_defined() {
+        for served in [
+            "/keyhouse.v1.UserKeyService/VerifyKey",
+            "/keyhouse.v1.PlatformKeyService/WatchPlatformKeys",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(is_grpc_method(served), "{served}");
+        }
+        for other in [
+            "/keyhouse.v1.UserKeyService/Made_Up",
+            "/keyhouse.v1.UserKeyService/VerifyKey/extra",
+            "keyhouse.v1.UserKeyService/VerifyKey",
+            "/api/v1/byok/keys",
+        ] {
+            assert!(!is_grpc_method(other), "{other}");
+        }
     }
 }
