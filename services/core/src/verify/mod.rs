@@ -264,20 +264,12 @@ impl Verifier {
         };
         let outcome = cell
             .get_or_init(|| async {
-                let started = Instant::now();
-                let outcome = match &stale {
-                    Some(stale) => self.reload(stale).await,
-                    None => self.load(key).await,
+                // A lookup that finished between this caller's cache check and taking the cell
+                // has left its answer in the cache: loading again would cost another bcrypt.
+                let outcome = match self.settled(&digest, stale.is_none()) {
+                    Some(answer) => Ok(answer),
+                    None => self.fetch(key, digest, stale.as_deref()).await,
                 };
-                let outcome = outcome.map_err(Arc::new);
-                match &outcome {
-                    Ok(Some(info)) => self.inner.found.insert(digest, info.clone(), started),
-                    Ok(None) => {
-                        self.inner.found.remove(&digest);
-                        self.inner.unknown.insert(digest, (), started);
-                    }
-                    Err(_) => {}
-                }
                 self.inner
                     .inflight
                     .lock()
@@ -291,6 +283,39 @@ impl Verifier {
             Error::Unavailable(m) => Error::Unavailable(m.clone()),
             _ => Error::Unavailable("key verification is unavailable".into()),
         })
+    }
+
+    /// The cached answer, if one is there now: a fresh verdict, or (for a miss) a known unknown.
+    fn settled(&self, digest: &Digest, miss: bool) -> Option<Option<Arc<KeyInfo>>> {
+        match self.cached(digest) {
+            Cached::Fresh(info) => Some(Some(info)),
+            Cached::None if miss && self.inner.unknown.get(digest).is_some() => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Reads the key (by prefix and bcrypt, or by id when `stale`) and caches the answer.
+    async fn fetch(
+        &self,
+        key: &ApiKey,
+        digest: Digest,
+        stale: Option<&KeyInfo>,
+    ) -> std::result::Result<Option<Arc<KeyInfo>>, Arc<Error>> {
+        let started = Instant::now();
+        let outcome = match stale {
+            Some(stale) => self.reload(stale).await,
+            None => self.load(key).await,
+        };
+        let outcome = outcome.map_err(Arc::new);
+        match &outcome {
+            Ok(Some(info)) => self.inner.found.insert(digest, info.clone(), started),
+            Ok(None) => {
+                self.inner.found.remove(&digest);
+                self.inner.unknown.insert(digest, (), started);
+            }
+            Err(_) => {}
+        }
+        outcome
     }
 
     async fn load(&self, key: &ApiKey) -> Result<Option<Arc<KeyInfo>>> {
