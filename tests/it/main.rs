@@ -8,6 +8,7 @@ mod binary;
 mod byok;
 mod docs_and_web;
 mod embedded;
+mod helm;
 mod logs;
 mod metrics;
 mod platform_keys;
