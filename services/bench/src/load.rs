@@ -90,3 +90,32 @@ pub async fn open(channels: &[Channel], call: Call, rate: f64, seconds: u64) -> 
     }
     summarize(all, failures, started.elapsed())
 }
+
+/// A saturated rate and the failures behind it.
+pub struct Rate {
+    pub per_second: f64,
+    pub failures: u64,
+}
+
+/// Closed-loop rates of two calls (each on its own channels), taken in turns of 2 s for
+/// `seconds` each, so that the drift of a shared machine falls on both alike.
+pub async fn alternating(
+    sides: [(&[Channel], Call); 2],
+    concurrency: usize,
+    seconds: u64,
+) -> [Rate; 2] {
+    let turn = seconds.clamp(1, 2);
+    let turns = (seconds / turn).max(1);
+    let mut rates = [0, 1].map(|_| Rate {
+        per_second: 0.0,
+        failures: 0,
+    });
+    for _ in 0..turns {
+        for (rate, (channels, call)) in rates.iter_mut().zip(&sides) {
+            let outcome = closed(channels, call.clone(), concurrency, turn).await;
+            rate.per_second += outcome.per_second / turns as f64;
+            rate.failures += outcome.failures;
+        }
+    }
+    rates
+}

@@ -1,6 +1,6 @@
 //! Benchmark 8, the cost of traces: the same calls on a server exporting one span per request to
 //! an OTLP collector (in this process, as a sidecar would be on the host) and on the untraced
-//! server of the other benchmarks, interleaved in one run.
+//! server of the other benchmarks, taking turns in one run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,14 +87,21 @@ pub async fn run(
     load::closed(&chans, verify(key.clone()), 1, 1).await;
 
     let before = collector.spans.load(Ordering::Relaxed);
-    let run = |chans: &[Channel], call: Call| {
-        let chans = chans.to_vec();
-        async move { load::closed(&chans, call, args.concurrency, args.seconds).await }
-    };
-    let plain_verify = run(untraced, verify(untraced_key.to_owned())).await;
-    let traced_verify = run(&chans, verify(key.clone())).await;
-    let plain_empty = run(untraced, empty()).await;
-    let traced_empty = run(&chans, empty()).await;
+    let [plain_verify, traced_verify] = load::alternating(
+        [
+            (untraced, verify(untraced_key.to_owned())),
+            (&chans, verify(key.clone())),
+        ],
+        args.concurrency,
+        args.seconds,
+    )
+    .await;
+    let [plain_empty, traced_empty] = load::alternating(
+        [(untraced, empty()), (&chans, empty())],
+        args.concurrency,
+        args.seconds,
+    )
+    .await;
     drop(guard); // flushes what is queued
     let exported = collector.spans.load(Ordering::Relaxed) - before;
     let requests = (traced_verify.per_second + traced_empty.per_second) * args.seconds as f64;
