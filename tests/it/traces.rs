@@ -430,3 +430,65 @@ async fn spans_reach_a_collector_over_tls_trusting_the_configured_ca() {
         kh.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_one_warning_and_no_request() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let kh = Keyhouse::on_sqlite()
+        .env(
+            "KEYHOUSE_ENCRYPTION_KEYS",
+            &keyhouse_core::crypto::fernet_ring::KeyRing::generate_key(),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+    kh.run(&["migrate"]);
+    let token = kh.session("alice", "user");
+    // What the server logs, after what the operator commands did (each warns once too).
+    let start = kh.log_text().len();
+    let served = || kh.log_text()[start..].to_owned();
+    let (server, addr) = kh.serve().await;
+    let mut users = UserKeyServiceClient::with_interceptor(
+        binary::channel(&addr).await,
+        binary::bearer(&token),
+    );
+    let warning = "cannot export traces";
+    let mut rounds = 0;
+    // Calls keep succeeding while export fails, batch after batch.
+    while rounds < 20 || !served().contains(warning) {
+        let key = users
+            .create_key(pb::CreateKeyRequest {
+                name: format!("while the collector is down {rounds}"),
+                ..Default::default()
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        let verdict = users
+            .verify_key(pb::VerifyKeyRequest {
+                api_key: key.api_key,
+                ..Default::default()
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(verdict.valid);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        rounds += 1;
+        assert!(rounds < 400, "no export warning; log:\n{}", served());
+    }
+    binary::stop(server).await;
+    let log = served();
+    assert_eq!(
+        log.matches(warning).count(),
+        1,
+        "one warning while the collector stays down; log:\n{log}"
+    );
+}
