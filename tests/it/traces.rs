@@ -236,6 +236,22 @@ async fn create_key_spans_reach_an_otlp_collector_under_the_callers_trace_withou
         .expect("verify")
         .into_inner();
     assert!(verdict.valid);
+
+    // A stream's span lasts as long as the stream, here until the caller hangs up.
+    let mut stream = platform
+        .watch_platform_keys(pb::WatchPlatformKeysRequest {
+            include_secret: false,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("event")
+        .expect("an initial event");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(stream);
     binary::stop(server).await;
 
     let spans = collector.spans();
@@ -315,6 +331,16 @@ async fn create_key_spans_reach_an_otlp_collector_under_the_callers_trace_withou
     assert_eq!(
         int(&rest.attributes, "http.response.status_code"),
         Some(201)
+    );
+
+    let watch = served
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == "keyhouse.v1.PlatformKeyService/WatchPlatformKeys")
+        .expect("a span for the watch");
+    assert!(
+        watch.end_time_unix_nano - watch.start_time_unix_nano >= 300_000_000,
+        "the watch's span covers the stream, not just its first response"
     );
 
     // Nothing exported (names, attributes, events, resources) holds a secret.

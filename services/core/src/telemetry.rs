@@ -283,7 +283,8 @@ impl SpanExporter for OnRuntime {
 /// requests get `http.*` attributes and are named by their route template. Requests for no known
 /// method or route are named `unmatched` and keep no path: it is the caller's free text.
 ///
-/// A streaming call's span ends when its response starts; its status is the one known then.
+/// The span lasts until the response body ends, so a streaming call's span covers the stream and
+/// takes its status from the trailers.
 pub async fn trace_request(req: Request, next: Next) -> Response {
     let verb = req.method().clone();
     let grpc = crate::metrics::is_grpc(req.headers());
@@ -328,13 +329,7 @@ pub async fn trace_request(req: Request, next: Next) -> Response {
     let _ = span.set_parent(parent);
     let response = next.run(req).instrument(span.clone()).await;
     match crate::metrics::grpc_status(grpc, &response) {
-        Some(code) => {
-            span.record("rpc.grpc.status_code", i64::from(code));
-            // The codes that mean the server failed, not the caller.
-            if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
-                span.record("otel.status_code", "error");
-            }
-        }
+        Some(code) => record_grpc_status(&span, code),
         None => {
             span.record(
                 "http.response.status_code",
@@ -345,7 +340,62 @@ pub async fn trace_request(req: Request, next: Next) -> Response {
             }
         }
     }
-    response
+    response.map(|body| axum::body::Body::new(UntilEnd { body, span }))
+}
+
+fn record_grpc_status(span: &tracing::Span, code: u16) {
+    span.record("rpc.grpc.status_code", i64::from(code));
+    // The codes that mean the server failed, not the caller.
+    if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// A response body that holds its request's span until the body ends, and records the gRPC
+/// status its trailers carry.
+struct UntilEnd {
+    body: axum::body::Body,
+    span: tracing::Span,
+}
+
+impl http_body::Body for UntilEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(code) = frame
+                .trailers_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        {
+            record_grpc_status(&this.span, code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UntilEnd {
+    fn drop(&mut self) {
+        // An exported span ends when it is last exited: entering it once more makes that the
+        // moment the body is done with (finished, or dropped because the caller hung up).
+        let _entered = self.span.enter();
+    }
 }
 
 struct Headers<'a>(&'a HeaderMap);
