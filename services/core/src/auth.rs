@@ -86,14 +86,17 @@ pub fn session_token<'a>(
     authorization: Option<&'a str>,
     cookie: Option<&'a str>,
 ) -> Option<&'a str> {
-    let bearer = authorization
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    bearer.or_else(|| cookie.and_then(|c| cookie_value(c, "session_token")))
+    bearer(authorization).or_else(|| cookie.and_then(|c| cookie_value(c, "session_token")))
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any letter case), if
+/// there is a non-empty one. Every reader of the header goes through this, so that the CSRF check
+/// and authentication agree on what counts as bearer authentication.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// One cookie's value from a `Cookie` header.
@@ -118,6 +121,16 @@ pub fn request_id(presented: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_needs_a_token() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("BEARER  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Bearer   ")), None);
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearerabc")), None);
+        assert_eq!(bearer(None), None);
+    }
 
     #[test]
     fn bearer_wins_over_cookie() {

@@ -19,7 +19,7 @@ pub const DEFAULT_EXPIRY_DAYS: i32 = 90;
 pub const MAX_EXPIRY_DAYS: i32 = 3650;
 
 /// Settings every keyhouse server binary takes.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone)]
 pub struct ServerSettings {
     /// Database to use: `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
@@ -80,7 +80,7 @@ pub struct ServerSettings {
 }
 
 /// The verification path: caches, limits, usage.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone)]
 pub struct VerifySettings {
     /// How long a cached verdict is trusted (seconds). Changes invalidate at once regardless.
     #[arg(long, env = "KEYHOUSE_VERIFY_CACHE_TTL_SECS", default_value_t = 300)]

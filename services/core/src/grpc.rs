@@ -51,10 +51,7 @@ impl Authenticator {
         scope: &str,
     ) -> Result<Caller, tonic::Status> {
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-        let bearer = text("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let key = bearer.filter(|t| t.starts_with(api_key::PREFIX));
+        let key = auth::bearer(text("authorization")).filter(|t| t.starts_with(api_key::PREFIX));
         let (Some(verifier), Some(key)) = (&self.api_keys, key) else {
             return self.caller(metadata).await;
         };

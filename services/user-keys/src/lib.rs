@@ -87,9 +87,7 @@ impl UserKeyGrpc {
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Caller, Status> {
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-        let token = text("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let token = keyhouse_core::auth::bearer(text("authorization"));
         if let Some(name) = token.and_then(|t| self.services.name_of(t)) {
             let principal = Principal {
                 user_id: format!("service:{name}"),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::RestError;
-use crate::auth::cookie_value;
+use crate::auth::{bearer, cookie_value};
 
 pub async fn require_csrf_token(req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -17,8 +17,7 @@ pub async fn require_csrf_token(req: Request, next: Next) -> Response {
     }
     let headers = req.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let bearer = text("authorization")
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    let bearer = bearer(text("authorization")).is_some();
     let cookie = text("cookie").unwrap_or_default();
     let cookie_session = cookie_value(cookie, "session_token").is_some();
     if bearer || !cookie_session {
