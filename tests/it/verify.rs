@@ -584,6 +584,29 @@ async fn api_keys_work_on_the_management_paths_with_the_right_scope(backend: Bac
         .await
         .expect("GET");
     assert_eq!(refused.status(), 403);
+    // A key limited to IP addresses: keyhouse does not know the caller's, so it refuses.
+    let pinned = mint(
+        &mut c,
+        pb::CreateKeyRequest {
+            name: "pinned".into(),
+            permissions: vec!["keys:read".into()],
+            allowed_ips: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let refused = http
+        .get(&keys)
+        .bearer_auth(&pinned.api_key)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(refused.status(), 403, "an IP-limited key manages nothing");
+    assert!(
+        refused.json::<Value>().await.expect("JSON")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("limited to IP addresses"))
+    );
     c.revoke_key(pb::RevokeKeyRequest {
         key_id: manage.key_id.clone(),
     })

@@ -60,7 +60,7 @@ impl Authenticator {
             required_scopes: vec![scope.to_owned()],
             client_ip: String::new(),
         };
-        let verdict = verifier.verify(&request).await?;
+        let verdict = verifier.verify_unlocated(&request).await?;
         let refused = |why: String| Err(Error::PermissionDenied(why).into());
         match verdict.reason() {
             Reason::Valid => Ok(Caller {
@@ -73,6 +73,11 @@ impl Authenticator {
             }),
             Reason::InsufficientScope => refused(format!("this API key lacks the {scope} scope")),
             Reason::RateLimited => refused("this API key is over its rate limit".into()),
+            Reason::IpNotAllowed => refused(
+                "this API key is limited to IP addresses, which keyhouse cannot check on \
+                 management calls; use a session or a key without an IP allowlist"
+                    .into(),
+            ),
             _ => Err(Error::Unauthenticated(AuthFailure::InvalidSession).into()),
         }
     }

@@ -174,10 +174,29 @@ impl Verifier {
         self.inner.usage.flush(&self.inner.db).await
     }
 
+    /// The gateway's question. Without a `client_ip`, an IP allowlist is not checked: the
+    /// gateway decides whether to send one.
+    pub async fn verify(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
+        self.verify_with(req, false).await
+    }
+
+    /// For a key presented to keyhouse itself (management calls), whose caller's address it does
+    /// not know: a key limited to IP addresses is refused rather than let through unchecked.
+    pub async fn verify_unlocated(
+        &self,
+        req: &pb::VerifyKeyRequest,
+    ) -> Result<pb::VerifyKeyResponse> {
+        self.verify_with(req, true).await
+    }
+
     // Debug level: at the default INFO filter the hot path pays for no span.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn verify(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
-        let answer = self.answer(req).await;
+    async fn verify_with(
+        &self,
+        req: &pb::VerifyKeyRequest,
+        address_required: bool,
+    ) -> Result<pb::VerifyKeyResponse> {
+        let answer = self.answer(req, address_required).await;
         let outcome = match &answer {
             Ok(response) => response.reason().as_str_name(),
             Err(Error::InvalidArgument { .. }) => "INVALID_ARGUMENT",
@@ -187,7 +206,11 @@ impl Verifier {
         answer
     }
 
-    async fn answer(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
+    async fn answer(
+        &self,
+        req: &pb::VerifyKeyRequest,
+        address_required: bool,
+    ) -> Result<pb::VerifyKeyResponse> {
         if req.api_key.is_empty() {
             return Err(Error::invalid("api_key", "api_key is required"));
         }
@@ -224,7 +247,9 @@ impl Verifier {
         let Some(info) = info else {
             return Ok(verdict(Reason::NotFound, None));
         };
-        Ok(self.judge(&info, &req.required_scopes, client_ip).await)
+        Ok(self
+            .judge(&info, &req.required_scopes, client_ip, address_required)
+            .await)
     }
 
     /// The cached verdict; `Stale` when the key changed since it was cached, so it must be
@@ -373,6 +398,7 @@ impl Verifier {
         info: &KeyInfo,
         required: &[String],
         client_ip: Option<std::net::IpAddr>,
+        address_required: bool,
     ) -> pb::VerifyKeyResponse {
         let now = Utc::now();
         if info.revoked {
@@ -391,10 +417,14 @@ impl Verifier {
         if !required.iter().all(holds) {
             return self.with_permissions(verdict(Reason::InsufficientScope, Some(info)), info);
         }
-        if let (Some(ip), Some(allowed)) = (client_ip, &info.allowed)
-            && !allowed.iter().any(|net| net.contains(&ip))
-        {
-            return verdict(Reason::IpNotAllowed, Some(info));
+        if let Some(allowed) = &info.allowed {
+            let permitted = match client_ip {
+                Some(ip) => allowed.iter().any(|net| net.contains(&ip)),
+                None => !address_required,
+            };
+            if !permitted {
+                return verdict(Reason::IpNotAllowed, Some(info));
+            }
         }
         let mut response = self.with_permissions(verdict(Reason::Valid, Some(info)), info);
         if let Some(limit) = info.rate_limit {
