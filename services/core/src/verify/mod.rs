@@ -95,6 +95,9 @@ struct Inner {
     /// When the latest invalidation happened, as nanoseconds after `epoch` (0: never). An entry
     /// cached after it cannot be stale, so the hot path skips the lock for it.
     last_invalidation: AtomicU64,
+    /// When the cache was last emptied because changes may have been missed (same unit): an
+    /// entry whose lookup began before it may hold what those changes undid.
+    resynced: AtomicU64,
     epoch: Instant,
     inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
     limiter: RateLimiter,
@@ -130,6 +133,7 @@ impl Verifier {
             ),
             invalidated: RwLock::new(HashMap::new()),
             last_invalidation: AtomicU64::new(0),
+            resynced: AtomicU64::new(0),
             epoch: Instant::now(),
             inflight: Mutex::new(HashMap::new()),
             limiter: RateLimiter::new(settings.redis_url.as_deref()).await?,
@@ -167,6 +171,15 @@ impl Verifier {
         self.inner
             .last_invalidation
             .store(self.inner.since_epoch(now), Ordering::Release);
+    }
+
+    /// Forgets every cached verdict: changes may have been missed. Lookups still running
+    /// started before this, so what they cache is not trusted either.
+    fn resync(&self) {
+        let now = self.inner.since_epoch(Instant::now());
+        self.inner.resynced.store(now, Ordering::Release);
+        self.inner.last_invalidation.store(now, Ordering::Release);
+        self.inner.found.clear();
     }
 
     /// Writes pending usage counts now (also done periodically and at shutdown).
@@ -258,8 +271,12 @@ impl Verifier {
         let Some((info, at)) = self.inner.found.get(digest) else {
             return Cached::None;
         };
-        if self.inner.since_epoch(at) > self.inner.last_invalidation.load(Ordering::Acquire) {
+        let at_nanos = self.inner.since_epoch(at);
+        if at_nanos > self.inner.last_invalidation.load(Ordering::Acquire) {
             return Cached::Fresh(info);
+        }
+        if at_nanos <= self.inner.resynced.load(Ordering::Acquire) {
+            return Cached::None;
         }
         let invalidated = self
             .inner
@@ -289,17 +306,22 @@ impl Verifier {
         };
         let outcome = cell
             .get_or_init(|| async {
+                // Released when the lookup ends, also when its caller gives up half-way:
+                // otherwise cancelled lookups of made-up keys would pile up here.
+                let _release = Release {
+                    inner: &self.inner,
+                    digest,
+                    cell: &cell,
+                };
                 // A lookup that finished between this caller's cache check and taking the cell
                 // has left its answer in the cache: loading again would cost another bcrypt.
                 let outcome = match self.settled(&digest, stale.is_none()) {
                     Some(answer) => Ok(answer),
                     None => self.fetch(key, digest, stale.as_deref()).await,
                 };
-                self.inner
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&digest);
+                if let Err(e) = &outcome {
+                    tracing::error!(error = ?e, "key lookup failed");
+                }
                 outcome
             })
             .await
@@ -495,6 +517,29 @@ fn verdict(reason: Reason, info: Option<&KeyInfo>) -> pb::VerifyKeyResponse {
     response
 }
 
+/// Takes a finished (or abandoned) lookup's cell out of the in-flight map, if it is still there.
+struct Release<'a> {
+    inner: &'a Inner,
+    digest: Digest,
+    cell: &'a Arc<OnceCell<Lookup>>,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inflight
+            .get(&self.digest)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+        {
+            inflight.remove(&self.digest);
+        }
+    }
+}
+
 async fn listen(inner: std::sync::Weak<Inner>, mut changes: broadcast::Receiver<Change>) {
     loop {
         let change = changes.recv().await;
@@ -502,9 +547,7 @@ async fn listen(inner: std::sync::Weak<Inner>, mut changes: broadcast::Receiver<
         let verifier = Verifier { inner };
         match change {
             Ok(Change::UserKey(key_id)) => verifier.invalidate(key_id),
-            Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                verifier.inner.found.clear()
-            }
+            Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => verifier.resync(),
             Ok(_) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
