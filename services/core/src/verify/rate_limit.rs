@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use uuid::Uuid;
 
@@ -16,8 +17,17 @@ pub struct Window {
 }
 
 pub struct RateLimiter {
-    local: Mutex<HashMap<Uuid, (i64, u32)>>,
+    local: Mutex<Minute>,
     redis: Option<redis::aio::ConnectionManager>,
+    /// Whether Redis failed last time: an outage is logged when it starts and ends, not per hit.
+    redis_failing: AtomicBool,
+}
+
+/// This replica's counts for the current minute; earlier minutes are over and need no counts.
+#[derive(Default)]
+struct Minute {
+    minute: i64,
+    counts: HashMap<Uuid, u32>,
 }
 
 impl RateLimiter {
@@ -41,8 +51,9 @@ impl RateLimiter {
             None => None,
         };
         Ok(Self {
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(Minute::default()),
             redis,
+            redis_failing: AtomicBool::new(false),
         })
     }
 
@@ -51,9 +62,16 @@ impl RateLimiter {
         let minute = now.div_euclid(60);
         let count = match &self.redis {
             Some(redis) => match Self::redis_count(redis.clone(), key_id, minute).await {
-                Ok(count) => count,
+                Ok(count) => {
+                    if self.redis_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("rate limit: Redis answers again; counting across replicas");
+                    }
+                    count
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "rate limit: Redis failed; counting on this replica");
+                    if !self.redis_failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "rate limit: Redis failed; counting on this replica");
+                    }
                     self.local_count(key_id, minute)
                 }
             },
@@ -68,19 +86,19 @@ impl RateLimiter {
     }
 
     fn local_count(&self, key_id: Uuid, minute: i64) -> u32 {
-        let mut windows = self
+        let mut local = self
             .local
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if windows.len() > 100_000 {
-            windows.retain(|_, (m, _)| *m == minute);
+        // A hit stamped just before the minute turned, arriving just after, counts in the new
+        // minute rather than wiping it.
+        if minute > local.minute {
+            local.minute = minute;
+            local.counts.clear();
         }
-        let window = windows.entry(key_id).or_insert((minute, 0));
-        if window.0 != minute {
-            *window = (minute, 0);
-        }
-        window.1 = window.1.saturating_add(1);
-        window.1
+        let count = local.counts.entry(key_id).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
     }
 
     async fn redis_count(
@@ -92,10 +110,8 @@ impl RateLimiter {
         let (count,): (u32,) = redis::pipe()
             .atomic()
             .incr(&key, 1)
-            .ignore()
             .expire(&key, 120)
             .ignore()
-            .get(&key)
             .query_async(&mut redis)
             .await?;
         Ok(count)
