@@ -182,6 +182,8 @@ async fn each_provider_enforces_its_format_and_endpoint(backend: Backend) {
         ("together", "0123456789abcdef0123", "tiny"),
         ("perplexity", "pplx-0123456789abc", "sk-0123456789abc"),
         ("groq", "gsk_0123456789abc", "gsk-0123456789abc"),
+        ("together", "0123456789abcdef0123", "0123456789\u{0}abcdef"),
+        ("together", "0123456789abcdef0123", "0123456789ümlautkey"),
     ];
     for (provider, good, bad) in cases {
         let status = a.put_provider_key(put(provider, bad)).await.expect_err(bad);
@@ -217,6 +219,24 @@ async fn each_provider_enforces_its_format_and_endpoint(backend: Backend) {
                 .message()
                 .contains("endpoint")
         );
+        for secretive in [
+            "http://user:pass@models.local",
+            "http://models.local/v1?api_key=token-0123456789",
+        ] {
+            let bad = pb::PutProviderKeyRequest {
+                provider: provider.into(),
+                key: "token-0123456789".into(),
+                endpoint: secretive.into(),
+                ..Default::default()
+            };
+            let status = a.put_provider_key(bad).await.expect_err(secretive);
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().contains("credentials or a query string"),
+                "{}",
+                status.message()
+            );
+        }
         let good = pb::PutProviderKeyRequest {
             provider: provider.into(),
             key: "token-0123456789".into(),

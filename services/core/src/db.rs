@@ -86,8 +86,10 @@ async fn refuse_newer_schema(db: &DatabaseConnection) -> Result<()> {
     Ok(())
 }
 
-/// A database URL fit for a log line: no password.
+/// A database URL fit for a log line: no password, and no query string (which can hold one, as
+/// `?password=`).
 pub fn redact_url(url: &str) -> String {
+    let url = url.split_once('?').map_or(url, |(base, _)| base);
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((userinfo, host)) => {
@@ -112,7 +114,11 @@ mod tests {
         );
         assert_eq!(
             redact_url("sqlite://keyhouse.db?mode=rwc"),
-            "sqlite://keyhouse.db?mode=rwc"
+            "sqlite://keyhouse.db"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=secret"),
+            "postgres://h/db"
         );
     }
 }

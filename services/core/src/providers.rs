@@ -76,7 +76,14 @@ pub async fn run(
     };
     req = match test.auth {
         Auth::Bearer => req.bearer_auth(key),
-        Auth::Header(name) => req.header(name, key),
+        Auth::Header(name) => match reqwest::header::HeaderValue::from_str(key) {
+            // Sensitive, like `bearer_auth`'s: never shown by a Debug print of the request.
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                req.header(name, value)
+            }
+            Err(_) => req.header(name, key),
+        },
     };
     for (name, value) in test.headers {
         req = req.header(*name, *value);
@@ -158,6 +165,29 @@ impl BaseUrls {
     pub fn get<'a>(&'a self, name: &str, default: &'a str) -> &'a str {
         self.0.get(name).map_or(default, String::as_str)
     }
+}
+
+/// The fewest characters a provider key may have.
+pub const MIN_KEY_LEN: usize = 10;
+
+/// Whether `key` can be a provider key: long enough, visible ASCII only (it travels in an HTTP
+/// header, and a control character would not survive storage), starting with one of `prefixes`
+/// (any start when empty) and not with `not_prefix`, which belongs to another provider.
+pub fn key_shaped(key: &str, prefixes: &[&str], not_prefix: Option<&str>) -> bool {
+    key.len() >= MIN_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic())
+        && (prefixes.is_empty() || prefixes.iter().any(|p| key.starts_with(p)))
+        && !not_prefix.is_some_and(|p| key.starts_with(p))
+}
+
+/// The error for a `field` that is not shaped like a `provider` key, which looks like `hint`.
+pub fn bad_key_format(field: &'static str, provider: &str, hint: &str) -> Error {
+    Error::invalid(
+        field,
+        format!(
+            "Invalid {provider} API key format. Expected format: {hint} (at least {MIN_KEY_LEN} characters)"
+        ),
+    )
 }
 
 pub fn http_client() -> Result<reqwest::Client> {

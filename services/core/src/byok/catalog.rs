@@ -18,14 +18,9 @@ pub struct Provider {
     pub live_test: LiveTest,
 }
 
-pub const MIN_KEY_LEN: usize = 10;
-
 impl Provider {
     pub fn accepts(&self, key: &str) -> bool {
-        key.chars().count() >= MIN_KEY_LEN
-            && !key.chars().any(char::is_whitespace)
-            && (self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p)))
-            && !self.not_prefix.is_some_and(|p| key.starts_with(p))
+        crate::providers::key_shaped(key, self.prefixes, self.not_prefix)
     }
 }
 

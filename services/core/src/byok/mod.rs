@@ -74,14 +74,10 @@ impl Byok {
         let provider = provider(&req.provider)?;
         let key = req.key.trim();
         if !provider.accepts(key) {
-            return Err(Error::invalid(
+            return Err(crate::providers::bad_key_format(
                 "key",
-                format!(
-                    "Invalid {} API key format. Expected format: {} (at least {} characters)",
-                    provider.name,
-                    provider.key_format,
-                    catalog::MIN_KEY_LEN
-                ),
+                provider.name,
+                provider.key_format,
             ));
         }
         let label = req.label.trim();
@@ -277,6 +273,15 @@ fn endpoint(provider: &Provider, text: &str) -> Result<Option<String>> {
         return Err(Error::invalid(
             "endpoint",
             "endpoint must be an http(s) URL",
+        ));
+    }
+    // The endpoint is shown in lists and written to the audit log: it must not carry a secret.
+    let carries_secret = reqwest::Url::parse(text)
+        .is_ok_and(|u| !u.username().is_empty() || u.password().is_some() || u.query().is_some());
+    if carries_secret {
+        return Err(Error::invalid(
+            "endpoint",
+            "endpoint must not hold credentials or a query string; the key goes in the key field",
         ));
     }
     Ok(Some(text.trim_end_matches('/').to_owned()))

@@ -17,15 +17,10 @@ pub struct Spec {
     pub live_test: Option<LiveTest>,
 }
 
-pub const MIN_KEY_LEN: usize = 10;
-
 impl Spec {
     /// Checks a candidate value against this entry's format.
     pub fn accepts(&self, value: &str) -> bool {
-        value.chars().count() >= MIN_KEY_LEN
-            && value.starts_with(self.prefix)
-            && !self.not_prefix.is_some_and(|p| value.starts_with(p))
-            && !value.chars().any(char::is_whitespace)
+        crate::providers::key_shaped(value, &[self.prefix], self.not_prefix)
     }
 }
 

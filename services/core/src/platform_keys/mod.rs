@@ -143,14 +143,10 @@ impl PlatformKeys {
         let spec = spec(&req.name)?;
         let value = Zeroizing::new(req.api_key.trim().to_owned());
         if !spec.accepts(&value) {
-            return Err(Error::invalid(
+            return Err(crate::providers::bad_key_format(
                 "api_key",
-                format!(
-                    "Invalid {} API key format. Expected format: {} (at least {} characters)",
-                    spec.display_name,
-                    spec.format_hint,
-                    catalog::MIN_KEY_LEN
-                ),
+                spec.display_name,
+                spec.format_hint,
             ));
         }
         let preview = mask::preview(&value);
