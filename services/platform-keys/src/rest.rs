@@ -41,8 +41,8 @@ pub fn router(service: PlatformKeyGrpc) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     paths(list, update, delete, decrypted, versions, rollback, test, audit_events),
-    components(schemas(PlatformKeyJson, PlatformKeyList, UpdateBody, UpdatedJson, DeletedJson, DecryptedJson,
-        VersionJson, VersionList, RollbackBody, TestedJson, AuditEventJson, AuditEventList, ErrorBody, ValidationErrorBody)),
+    components(schemas(PlatformKeyJson, PlatformKeyList, UpdateBody, UpdatedJson, PlatformKeyDeletedJson, DecryptedJson,
+        VersionJson, VersionList, RollbackBody, PlatformKeyTestedJson, AuditEventJson, AuditEventList, ErrorBody, ValidationErrorBody)),
     tags((name = "platform-keys", description = "The platform's provider secrets (admins only)"))
 )]
 pub struct Docs;
@@ -83,7 +83,7 @@ pub struct UpdatedJson {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct DeletedJson {
+pub struct PlatformKeyDeletedJson {
     pub success: bool,
     pub message: String,
     pub source: String,
@@ -117,7 +117,7 @@ pub struct RollbackBody {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct TestedJson {
+pub struct PlatformKeyTestedJson {
     pub ok: bool,
     pub status_code: i32,
     pub latency_ms: i64,
@@ -205,12 +205,12 @@ async fn update(
 
 /// Remove the stored value; the environment value applies again.
 #[utoipa::path(delete, path = "/api/v1/admin/platform-keys/{name}", tag = "platform-keys", params(("name" = String, Path)),
-    responses((status = 200, description = "OK", body = DeletedJson), (status = 404, description = "Not found", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = PlatformKeyDeletedJson), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn delete(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<DeletedJson>, RestError> {
+) -> Result<Json<PlatformKeyDeletedJson>, RestError> {
     let out = svc
         .delete_platform_key(grpc_request(
             &headers,
@@ -218,7 +218,7 @@ async fn delete(
         ))
         .await?
         .into_inner();
-    Ok(Json(DeletedJson {
+    Ok(Json(PlatformKeyDeletedJson {
         success: out.success,
         message: out.message,
         source: out.source,
@@ -302,17 +302,17 @@ async fn rollback(
 
 /// One cheap authenticated request to the provider.
 #[utoipa::path(post, path = "/api/v1/admin/platform-keys/{name}/test", tag = "platform-keys", params(("name" = String, Path)),
-    responses((status = 200, description = "OK", body = TestedJson), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = PlatformKeyTestedJson), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 async fn test(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<TestedJson>, RestError> {
+) -> Result<Json<PlatformKeyTestedJson>, RestError> {
     let out = svc
         .test_platform_key(grpc_request(&headers, pb::TestPlatformKeyRequest { name }))
         .await?
         .into_inner();
-    Ok(Json(TestedJson {
+    Ok(Json(PlatformKeyTestedJson {
         ok: out.ok,
         status_code: out.status_code,
         latency_ms: out.latency_ms,

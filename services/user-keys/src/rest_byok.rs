@@ -28,7 +28,7 @@ pub fn router(service: UserKeyGrpc) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     paths(providers, keys, add, test, remove),
-    components(schemas(ProviderJson, ProviderKeyJson, AddBody, AddedJson, TestedJson, DeletedJson, ErrorBody, ValidationErrorBody)),
+    components(schemas(ProviderJson, ProviderKeyJson, AddBody, AddedJson, ProviderKeyTestedJson, ProviderKeyDeletedJson, ErrorBody, ValidationErrorBody)),
     tags((name = "byok", description = "Users' own provider keys"))
 )]
 pub struct Docs;
@@ -71,7 +71,7 @@ pub struct AddedJson {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct TestedJson {
+pub struct ProviderKeyTestedJson {
     pub provider: String,
     /// `valid`, `invalid` or `error`.
     pub status: String,
@@ -81,7 +81,7 @@ pub struct TestedJson {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct DeletedJson {
+pub struct ProviderKeyDeletedJson {
     pub success: bool,
     pub message: String,
 }
@@ -165,12 +165,12 @@ async fn add(
 
 /// Test the caller's key against the provider (15 s timeout); the result is stored.
 #[utoipa::path(post, path = "/api/v1/byok/keys/test/{provider}", tag = "byok", operation_id = "byok_test_key", params(("provider" = String, Path)),
-    responses((status = 200, description = "OK", body = TestedJson), (status = 404, description = "Not found", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = ProviderKeyTestedJson), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn test(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
     Path(provider): Path<String>,
-) -> Result<Json<TestedJson>, RestError> {
+) -> Result<Json<ProviderKeyTestedJson>, RestError> {
     let out = svc
         .test_provider_key(grpc_request(
             &headers,
@@ -178,7 +178,7 @@ async fn test(
         ))
         .await?
         .into_inner();
-    Ok(Json(TestedJson {
+    Ok(Json(ProviderKeyTestedJson {
         details: serde_json::json!({ "status_code": out.status_code, "latency_ms": out.latency_ms }),
         provider: out.provider,
         status: out.status,
@@ -188,12 +188,12 @@ async fn test(
 
 /// Delete the caller's key for a provider.
 #[utoipa::path(delete, path = "/api/v1/byok/keys/{provider}", tag = "byok", operation_id = "byok_delete_key", params(("provider" = String, Path)),
-    responses((status = 200, description = "OK", body = DeletedJson), (status = 404, description = "Not found", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = ProviderKeyDeletedJson), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn remove(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
     Path(provider): Path<String>,
-) -> Result<Json<DeletedJson>, RestError> {
+) -> Result<Json<ProviderKeyDeletedJson>, RestError> {
     let out = svc
         .delete_provider_key(grpc_request(
             &headers,
@@ -201,7 +201,7 @@ async fn remove(
         ))
         .await?
         .into_inner();
-    Ok(Json(DeletedJson {
+    Ok(Json(ProviderKeyDeletedJson {
         success: out.success,
         message: out.message,
     }))
