@@ -2008,7 +2008,8 @@ pub mod platform_key_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Stores a new value for a key as a new version; earlier versions are kept, encrypted.
-        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format.
+        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format; ABORTED when a
+        /// concurrent change to the same key stored its version first (try again).
         pub async fn update_platform_key(
             &mut self,
             request: impl tonic::IntoRequest<super::UpdatePlatformKeyRequest>,
@@ -2131,7 +2132,7 @@ pub mod platform_key_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Makes an old version current again, recorded as a new version.
-        /// Errors: NOT_FOUND when the version does not exist.
+        /// Errors: NOT_FOUND when the version does not exist; ABORTED as for UpdatePlatformKey.
         pub async fn rollback_platform_key(
             &mut self,
             request: impl tonic::IntoRequest<super::RollbackPlatformKeyRequest>,
@@ -2271,7 +2272,8 @@ pub mod platform_key_service_server {
             tonic::Status,
         >;
         /// Stores a new value for a key as a new version; earlier versions are kept, encrypted.
-        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format.
+        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format; ABORTED when a
+        /// concurrent change to the same key stored its version first (try again).
         async fn update_platform_key(
             &self,
             request: tonic::Request<super::UpdatePlatformKeyRequest>,
@@ -2306,7 +2308,7 @@ pub mod platform_key_service_server {
             tonic::Status,
         >;
         /// Makes an old version current again, recorded as a new version.
-        /// Errors: NOT_FOUND when the version does not exist.
+        /// Errors: NOT_FOUND when the version does not exist; ABORTED as for UpdatePlatformKey.
         async fn rollback_platform_key(
             &self,
             request: tonic::Request<super::RollbackPlatformKeyRequest>,

@@ -18,6 +18,7 @@ on_both_databases!(
     stored_ciphertext_does_not_contain_the_secret,
     test_platform_key_reports_what_the_provider_answers,
     no_audit_event_means_no_secret,
+    concurrent_updates_of_one_key_succeed_or_abort_and_never_fail_inside,
 );
 
 const OPENROUTER: &str = "sk-or-v1-0123456789abcdef0123456789abcdef";
@@ -683,5 +684,48 @@ async fn no_audit_event_means_no_secret(backend: Backend) {
         versions.into_inner().versions.len(),
         1,
         "the unaudited change was rolled back"
+    );
+}
+
+async fn concurrent_updates_of_one_key_succeed_or_abort_and_never_fail_inside(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = admin(&server).await;
+    let updates: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                c.update_platform_key(update(
+                    "openrouter",
+                    &format!("sk-or-v1-concurrent-{i:04}-0123456789abcdef"),
+                ))
+                .await
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for u in updates {
+        match u.await.expect("join") {
+            Ok(_) => stored += 1,
+            Err(status) => assert_eq!(
+                status.code(),
+                Code::Aborted,
+                "a lost race is ABORTED, not an internal error: {status:?}"
+            ),
+        }
+    }
+    assert!(stored >= 1, "at least one update wins");
+    let versions = client
+        .clone()
+        .list_platform_key_versions(pb::ListPlatformKeyVersionsRequest {
+            name: "openrouter".into(),
+        })
+        .await
+        .expect("versions")
+        .into_inner()
+        .versions;
+    assert_eq!(
+        versions.len(),
+        stored,
+        "one version per acknowledged update"
     );
 }

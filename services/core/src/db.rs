@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use keyhouse_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 
 use crate::error::{Error, Result};
 
@@ -30,6 +33,18 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
         ))
     })?;
     Ok(db)
+}
+
+/// Starts a transaction that will write. On SQLite it takes the write lock at once, so that a
+/// concurrent writer waits for it (up to the busy timeout) instead of failing when this one,
+/// having read first, tries to write over a newer snapshot.
+pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?)
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<usize> {

@@ -18,6 +18,9 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Lost a race with a concurrent change to the same record; trying again will do.
+    #[error("{0}")]
+    Aborted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -47,6 +50,16 @@ impl From<sea_orm::DbErr> for Error {
                 tracing::warn!(error = %err, "database unavailable");
                 Self::Unavailable("database unavailable".into())
             }
+            // Every uniqueness rule keyhouse relies on is checked before writing; meeting one
+            // here means a concurrent change wrote the same record first.
+            other
+                if matches!(
+                    other.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) =>
+            {
+                Self::Aborted("a concurrent change to the same record came first; try again".into())
+            }
             other => Self::Internal(other.into()),
         }
     }
@@ -70,6 +83,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(why) => (Code::Unauthenticated, why.to_string()),
             Error::PermissionDenied(m) => (Code::PermissionDenied, m.clone()),
             Error::FailedPrecondition(m) => (Code::FailedPrecondition, m.clone()),
+            Error::Aborted(m) => (Code::Aborted, m.clone()),
             Error::Unavailable(m) => (Code::Unavailable, m.clone()),
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use keyhouse_proto::v1 as pb;
-use sea_orm::{DatabaseConnection, Set, TransactionTrait};
+use sea_orm::{DatabaseConnection, Set};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -77,7 +77,7 @@ impl UserKeys {
         let key_hash = key.hash(self.policy.bcrypt_cost).await?;
 
         let id = Uuid::new_v4();
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         let row = store::insert(
             &txn,
             user_api_keys::ActiveModel {
@@ -154,7 +154,7 @@ impl UserKeys {
         req: pb::RevokeKeyRequest,
     ) -> Result<pb::RevokeKeyResponse> {
         let id = parse_key_id(&req.key_id)?;
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         if store::find_owned(&txn, caller.user_id(), id)
             .await?
             .is_none()
@@ -194,7 +194,7 @@ impl UserKeys {
             key_last4: key.last4().to_owned(),
             expires_at,
         };
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         // A revoke that landed while bcrypt ran wins: the update only touches an active key.
         let row = store::replace_secret(&txn, caller.user_id(), id, secret)
             .await?

@@ -7,7 +7,7 @@ pub mod catalog;
 use std::time::Duration;
 
 use keyhouse_proto::v1 as pb;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -89,7 +89,7 @@ impl Byok {
         }
         let endpoint = endpoint(provider, req.endpoint.trim())?;
         let at = now();
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         store::upsert(
             &txn,
             user_provider_keys::Model {
@@ -150,7 +150,7 @@ impl Byok {
         req: pb::DeleteProviderKeyRequest,
     ) -> Result<pb::DeleteProviderKeyResponse> {
         let provider = provider(&req.provider)?;
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         if !store::delete(&txn, caller.user_id(), provider.id).await? {
             return Err(no_key(provider));
         }
@@ -184,7 +184,7 @@ impl Byok {
             (false, true) => "invalid",
             (false, false) => "error",
         };
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         store::record_test(&txn, &row, status, &outcome.detail, now()).await?;
         audit::record(
             &txn,
@@ -220,7 +220,7 @@ impl Byok {
             .await?
             .ok_or_else(|| no_key(provider))?;
         let key = self.ring.decrypt(&row.ciphertext)?;
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         audit::record(
             &txn,
             caller,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyhouse_proto::v1 as pb;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -195,7 +195,7 @@ impl PlatformKeys {
     ) -> Result<pb::DeletePlatformKeyResponse> {
         caller.require_admin()?;
         let spec = spec(&req.name)?;
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         if !store::delete_current(&txn, spec.name).await? {
             return Err(Error::NotFound(format!(
                 "{} has no stored value",
@@ -245,7 +245,7 @@ impl PlatformKeys {
         let value = self
             .reveal(spec, &current)?
             .ok_or_else(|| not_configured(spec))?;
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         audit::record(
             &txn,
             caller,
@@ -316,7 +316,7 @@ impl PlatformKeys {
             .ok_or_else(|| not_configured(spec))?;
         let base = self.urls.get(spec.name, spec.base_url);
         let outcome = providers::run(&self.http, base, live, &value, LIVE_TEST_TIMEOUT).await;
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         audit::record(
             &txn,
             caller,
@@ -385,7 +385,7 @@ impl PlatformKeys {
         action: &str,
     ) -> Result<i64> {
         let preview = mask::preview(value);
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         let version = store::store(
             &txn,
             NewVersion {

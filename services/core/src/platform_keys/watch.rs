@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use keyhouse_proto::v1 as pb;
-use sea_orm::TransactionTrait;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
@@ -26,7 +25,7 @@ impl PlatformKeys {
         req: pb::WatchPlatformKeysRequest,
     ) -> Result<mpsc::Receiver<Result<pb::PlatformKeyEvent>>> {
         caller.require_admin()?;
-        let txn = self.db.begin().await?;
+        let txn = crate::db::begin(&self.db).await?;
         audit::record(
             &txn,
             caller,

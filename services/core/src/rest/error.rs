@@ -97,7 +97,9 @@ impl From<&Error> for RestError {
                 "Invalid session - please login again",
             ),
             Error::PermissionDenied(m) => Self::detail(StatusCode::FORBIDDEN, m),
-            Error::FailedPrecondition(m) => Self::detail(StatusCode::CONFLICT, m),
+            Error::FailedPrecondition(m) | Error::Aborted(m) => {
+                Self::detail(StatusCode::CONFLICT, m)
+            }
             Error::Unavailable(m) => Self::detail(StatusCode::SERVICE_UNAVAILABLE, m),
             Error::Internal(_) => Self::detail(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         }
@@ -117,7 +119,7 @@ impl From<tonic::Status> for RestError {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

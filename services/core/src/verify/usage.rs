@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sea_orm::sea_query::{Condition, Expr, OnConflict};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use crate::entities::{api_key_usage_hourly as usage, user_api_keys};
@@ -81,7 +81,7 @@ impl UsageRecorder {
     }
 
     async fn write(db: &DatabaseConnection, batch: &Pending) -> Result<()> {
-        let txn = db.begin().await?;
+        let txn = crate::db::begin(db).await?;
         let rows: Vec<usage::ActiveModel> = batch
             .counts
             .iter()
