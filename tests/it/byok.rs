@@ -80,6 +80,7 @@ async fn users_never_see_each_others_provider_keys(backend: Backend) {
         .expect("providers")
         .into_inner()
         .providers;
+    assert_eq!(providers.len(), 10, "every catalog provider is listed");
     assert!(
         providers.iter().all(|p| !p.configured),
         "bob has configured nothing"
@@ -423,7 +424,12 @@ async fn only_service_tokens_get_a_users_key(backend: Backend) {
 }
 
 async fn the_byok_rest_paths_answer_in_the_ops_center_shapes(backend: Backend) {
-    let server = TestServer::start(backend).await;
+    let stub = crate::stub::Provider::start("hf_0123456789abcdef").await;
+    let url = stub.url.clone();
+    let server = TestServer::start_with(backend, move |s| {
+        s.provider_base_urls = vec![format!("huggingface={url}")];
+    })
+    .await;
     let alice = server.session("alice", Role::User).await;
     let http = server.http();
     let providers: Value = http
@@ -489,6 +495,12 @@ async fn the_byok_rest_paths_answer_in_the_ops_center_shapes(backend: Backend) {
     for field in ["provider", "status", "message", "details"] {
         assert!(tested.get(field).is_some(), "{field}");
     }
+    assert_eq!(
+        (tested["provider"].as_str(), tested["status"].as_str()),
+        (Some("huggingface"), Some("valid")),
+        "tested against the stub, which knows this key: {tested}"
+    );
+    assert!(stub.last_path().is_some(), "the test reached the stub");
     let deleted = http
         .delete(server.rest("/api/v1/byok/keys/huggingface"))
         .bearer_auth(&alice)

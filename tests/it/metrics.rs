@@ -96,17 +96,25 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls_made() {
     assert_eq!(res.status(), 401);
 
     // Made-up paths do not mint series.
+    let grpc_http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an HTTP/2 client");
     for i in 0..3 {
         let path = format!("/keyhouse.v1.UserKeyService/Made_Up_{i}");
-        let res = server
-            .http()
+        let res = grpc_http
             .post(server.rest(&path))
             .header("content-type", "application/grpc")
+            .header("te", "trailers")
             .body(vec![0u8; 5])
             .send()
             .await
             .expect("POST");
-        assert!(res.status().as_u16() < 500);
+        assert_eq!(
+            res.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"12"[..]),
+            "an unknown method is UNIMPLEMENTED"
+        );
         server
             .http()
             .get(server.rest(&format!("/no/such/path/{i}")))

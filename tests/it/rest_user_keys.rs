@@ -157,7 +157,7 @@ async fn the_user_key_paths_answer_in_the_ops_center_shapes(backend: Backend) {
                 .header("authorization", &auth)
                 .json(&json!({})),
             StatusCode::CONFLICT,
-            None,
+            Some("Cannot regenerate a revoked key. Generate a new key instead."),
         ),
         (
             http.get(server.rest(&format!("{KEYS}/{}", uuid::Uuid::new_v4())))
