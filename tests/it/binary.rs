@@ -44,13 +44,6 @@ impl Keyhouse {
         cmd.args(args)
             .current_dir(&self.dir.0)
             .env("DATABASE_URL", &self.db_url)
-            .env("KEYHOUSE_LOG", "trace")
-            .env("KEYHOUSE_LOG_FORMAT", "json")
-            .env("KEYHOUSE_BCRYPT_COST", "4")
-            .env("KEYHOUSE_LISTEN", "127.0.0.1:0")
-            // Only what the test sets: the machine's own keys must not leak in.
-            .env_remove("KEYHOUSE_ENCRYPTION_KEYS")
-            .env_remove("ENCRYPTION_KEY")
             .stdin(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -59,12 +52,26 @@ impl Keyhouse {
                     .open(&self.log)
                     .expect("log file"),
             );
-        // Nor the machine's trace settings: export happens only where a test asks for it.
+        // Only what the test sets: none of the machine's own keyhouse settings, encryption or
+        // provider keys, or trace settings may leak in.
+        let provider_vars: Vec<&str> = keyhouse_core::platform_keys::catalog::CATALOG
+            .iter()
+            .map(|spec| spec.env_var)
+            .collect();
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("OTEL_") {
-                cmd.env_remove(name);
+            let name = name.to_string_lossy();
+            if name.starts_with("KEYHOUSE_")
+                || name.starts_with("OTEL_")
+                || name == "ENCRYPTION_KEY"
+                || provider_vars.contains(&name.as_ref())
+            {
+                cmd.env_remove(name.as_ref());
             }
         }
+        cmd.env("KEYHOUSE_LOG", "trace")
+            .env("KEYHOUSE_LOG_FORMAT", "json")
+            .env("KEYHOUSE_BCRYPT_COST", "4")
+            .env("KEYHOUSE_LISTEN", "127.0.0.1:0");
         for (name, value) in &self.env {
             cmd.env(name, value);
         }

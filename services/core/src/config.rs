@@ -250,6 +250,16 @@ impl KeyPolicy {
                 format!("KEYHOUSE_SCOPES must include the default scope '{missing}'"),
             ));
         }
+        // VerifyKey keeps a key's scopes as bits of one 64-bit word.
+        if self.scopes.len() > 64 {
+            return Err(Error::invalid(
+                "KEYHOUSE_SCOPES",
+                format!(
+                    "KEYHOUSE_SCOPES may name at most 64 scopes, got {}",
+                    self.scopes.len()
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -76,14 +76,6 @@ impl KeyRing {
     pub fn is_primary(&self, token: &str) -> bool {
         self.keys[0].decrypt(token).is_ok()
     }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
 }
 
 impl fmt::Debug for KeyRing {

@@ -53,9 +53,16 @@ async fn read<S: Send + Sync>(req: Request, state: &S, required: bool) -> Result
     };
     // The body is read (up to axum's 2 MiB ceiling) before answering 413, so that a client still
     // sending it gets the answer rather than a reset connection.
-    let bytes = Bytes::from_request(req, state)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            RestError::detail(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        }
+    })?;
     if bytes.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }

@@ -84,14 +84,18 @@ pub async fn record_test(
     message: &str,
     at: DateTime<Utc>,
 ) -> Result<()> {
-    Entity::update(ActiveModel {
-        id: Set(row.id),
-        last_tested: Set(Some(at)),
-        test_status: Set(status.to_owned()),
-        test_message: Set(Some(message.to_owned())),
-        ..Default::default()
-    })
-    .exec(conn)
-    .await?;
+    // Only onto the key that was tested: if it was deleted or replaced while the test ran, the
+    // result belongs to nothing stored now and is dropped.
+    Entity::update_many()
+        .set(ActiveModel {
+            last_tested: Set(Some(at)),
+            test_status: Set(status.to_owned()),
+            test_message: Set(Some(message.to_owned())),
+            ..Default::default()
+        })
+        .filter(Column::Id.eq(row.id))
+        .filter(Column::Ciphertext.eq(row.ciphertext.as_str()))
+        .exec(conn)
+        .await?;
     Ok(())
 }

@@ -125,6 +125,7 @@ impl Verifier {
     ) -> Result<Self> {
         let ttl = Duration::from_secs(settings.cache_ttl_secs.max(1));
         let inner = Arc::new(Inner {
+            // At most 64 (`KeyPolicy::validate`); the bound keeps the bit arithmetic safe anyway.
             registry: scopes.iter().take(64).cloned().collect(),
             found: Cache::new(settings.cache_max_entries, ttl),
             unknown: Cache::new(
