@@ -24,6 +24,18 @@ pub mod verify;
 
 pub use error::{Error, Result};
 
+/// A protobuf timestamp from a request as a UTC time; an impossible one is refused, naming
+/// `field` (negative nanoseconds included).
+pub fn from_timestamp(
+    t: &prost_types::Timestamp,
+    field: &'static str,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| chrono::DateTime::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| Error::invalid(field, format!("{field} is not a valid time")))
+}
+
 /// A stored UTC time as a protobuf timestamp.
 pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {

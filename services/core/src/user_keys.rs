@@ -223,11 +223,11 @@ impl UserKeys {
     ) -> Result<pb::GetKeyUsageResponse> {
         let id = parse_key_id(&req.key_id)?;
         let to = match &req.to {
-            Some(t) => from_timestamp(t, "to")?,
+            Some(t) => crate::from_timestamp(t, "to")?,
             None => now(),
         };
         let from = match &req.from {
-            Some(t) => from_timestamp(t, "from")?,
+            Some(t) => crate::from_timestamp(t, "from")?,
             None => to - Duration::days(30),
         };
         if from >= to {
@@ -366,11 +366,6 @@ fn allowed_networks(requested: &[String]) -> Result<Option<Vec<String>>> {
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
-}
-
-fn from_timestamp(t: &prost_types::Timestamp, field: &'static str) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        .ok_or_else(|| Error::invalid(field, format!("{field} is not a valid time")))
 }
 
 fn not_found() -> Error {

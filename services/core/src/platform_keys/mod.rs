@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use keyhouse_proto::v1 as pb;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
@@ -350,8 +349,14 @@ impl PlatformKeys {
             actor: some(req.actor),
             action: some(req.action),
             target: some(req.target),
-            since: req.since.map(|t| from_timestamp(&t, "since")).transpose()?,
-            until: req.until.map(|t| from_timestamp(&t, "until")).transpose()?,
+            since: req
+                .since
+                .map(|t| crate::from_timestamp(&t, "since"))
+                .transpose()?,
+            until: req
+                .until
+                .map(|t| crate::from_timestamp(&t, "until"))
+                .transpose()?,
         };
         let rows = audit::list(&self.db, &filter, after.map(|c| (c.at, c.id)), limit).await?;
         let (rows, next_page_token) = paging::split_page(rows, limit, |r| Cursor {
@@ -468,9 +473,4 @@ fn spec(name: &str) -> Result<&'static Spec> {
 
 fn not_configured(spec: &Spec) -> Error {
     Error::NotFound(format!("{} not configured", spec.display_name))
-}
-
-fn from_timestamp(t: &prost_types::Timestamp, field: &'static str) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        .ok_or_else(|| Error::invalid(field, format!("{field} is not a valid time")))
 }
