@@ -64,13 +64,7 @@ impl ChangeFeed {
         let (tx, _) = broadcast::channel(1024);
         let backend = db.get_database_backend();
         let listener = if backend == DbBackend::Postgres {
-            let mut listener = PgListener::connect(url)
-                .await
-                .map_err(crate::Error::internal)?;
-            listener
-                .listen(CHANNEL)
-                .await
-                .map_err(crate::Error::internal)?;
+            let listener = subscribe(url).await.map_err(crate::Error::internal)?;
             Some(Arc::new(AbortOnDrop(tokio::spawn(listen(
                 listener,
                 url.to_owned(),
@@ -112,6 +106,12 @@ impl ChangeFeed {
     }
 }
 
+async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
 async fn listen(mut listener: PgListener, url: String, tx: broadcast::Sender<Change>) {
     loop {
         match listener.try_recv().await {
@@ -120,19 +120,34 @@ async fn listen(mut listener: PgListener, url: String, tx: broadcast::Sender<Cha
                     let _ = tx.send(change);
                 }
             }
-            // The connection dropped and sqlx reconnected: anything sent meanwhile is lost.
-            Ok(None) => {
+            // The connection dropped. A new LISTEN is made here rather than by sqlx's silent
+            // reconnect, so that the resync is sent once it is in place: whatever was notified
+            // before then is lost, and cached verdicts until then are not trusted.
+            Ok(None) | Err(_) => {
+                listener = resubscribe(&url).await;
                 let _ = tx.send(Change::Resync);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "change feed: LISTEN connection failed; reconnecting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Ok(mut fresh) = PgListener::connect(&url).await
-                    && fresh.listen(CHANNEL).await.is_ok()
-                {
-                    listener = fresh;
-                    let _ = tx.send(Change::Resync);
+        }
+    }
+}
+
+/// A new LISTEN connection, retried every second until the database answers.
+async fn resubscribe(url: &str) -> PgListener {
+    let mut warned = false;
+    loop {
+        match subscribe(url).await {
+            Ok(listener) => {
+                if warned {
+                    tracing::info!("change feed: listening again");
                 }
+                return listener;
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "change feed: LISTEN connection lost; retrying every second");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
