@@ -27,7 +27,11 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 
 const SERVICE = "keyhouse.v1.UserKeyService";
-const DESCRIPTOR_URL = new URL("../../gen/src/keyhouse_descriptor.bin", import.meta.url);
+// KEYHOUSE_DESCRIPTOR_SET names the file when the script runs away from the repository (the test
+// suite runs a copy beside its npm packages).
+const DESCRIPTOR_URL = process.env.KEYHOUSE_DESCRIPTOR_SET
+  ? new URL(`file://${process.env.KEYHOUSE_DESCRIPTOR_SET}`)
+  : new URL("../../gen/src/keyhouse_descriptor.bin", import.meta.url);
 const TIMEOUT_MS = 30_000;
 
 function oneLine(text) {
