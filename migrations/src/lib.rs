@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial_schema;
 mod m20261125_000002_key_limits_and_usage;
+mod m20261202_000003_keyset_indexes;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_initial_schema::Migration),
             Box::new(m20261125_000002_key_limits_and_usage::Migration),
+            Box::new(m20261202_000003_keyset_indexes::Migration),
         ]
     }
 }

@@ -1,6 +1,6 @@
 //! Sessions: missing, unknown and expired tokens are refused before anything else happens.
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use keyhouse_proto::v1 as pb;
 use tonic::Code;
 

@@ -54,9 +54,8 @@ impl Keyhouse {
             );
         // Only what the test sets: none of the machine's own keyhouse settings, encryption or
         // provider keys, or trace settings may leak in.
-        let provider_vars: Vec<&str> = keyhouse_core::platform_keys::catalog::CATALOG
-            .iter()
-            .map(|spec| spec.env_var)
+        let provider_vars: Vec<&str> = keyhouse_domain::providers::catalog::platform()
+            .filter_map(|spec| spec.env_var)
             .collect();
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();

@@ -1,7 +1,7 @@
 //! BYOK: users' own provider keys over gRPC and REST, encrypted at rest, tested live against a
 //! local stub, and handed only to internal services with a service token.
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use keyhouse_proto::v1 as pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -154,11 +154,11 @@ async fn keys_are_encrypted_at_rest_and_delete_removes_the_row(backend: Backend)
     })
     .await
     .expect("delete");
-    let rows = keyhouse_core::storage::provider_keys::list(server.db(), "alice")
+    let rows = keyhouse_domain::storage::provider_keys::list(server.db(), "alice")
         .await
         .expect("rows");
     assert!(rows.is_empty(), "delete removes the row");
-    let events = keyhouse_core::storage::audit::list(server.db(), &Default::default(), None, 50)
+    let events = keyhouse_domain::storage::audit::list(server.db(), &Default::default(), None, 50)
         .await
         .expect("audit");
     let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
@@ -270,8 +270,8 @@ async fn live_tests_report_valid_invalid_and_error(backend: Backend) {
     let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
     let url = stub.url.clone();
     let server = TestServer::start_with(backend, move |s| {
-        s.provider_base_urls = vec![format!("openai={url}"), format!("groq={silent_url}")];
-        s.byok_test_timeout_secs = 1;
+        s.domain.provider_base_urls = vec![format!("openai={url}"), format!("groq={silent_url}")];
+        s.domain.byok_test_timeout_secs = 1;
     })
     .await;
     let alice = server.session("alice", Role::User).await;
@@ -404,9 +404,9 @@ async fn only_service_tokens_get_a_users_key(backend: Backend) {
             .expect_err(who);
         assert_eq!(status.code(), code, "{who}");
     }
-    let events = keyhouse_core::storage::audit::list(
+    let events = keyhouse_domain::storage::audit::list(
         server.db(),
-        &keyhouse_core::storage::audit::Filter {
+        &keyhouse_domain::storage::audit::Filter {
             action: Some("provider_key.hand_out".into()),
             ..Default::default()
         },
@@ -427,7 +427,7 @@ async fn the_byok_rest_paths_answer_in_the_ops_center_shapes(backend: Backend) {
     let stub = crate::stub::Provider::start("hf_0123456789abcdef").await;
     let url = stub.url.clone();
     let server = TestServer::start_with(backend, move |s| {
-        s.provider_base_urls = vec![format!("huggingface={url}")];
+        s.domain.provider_base_urls = vec![format!("huggingface={url}")];
     })
     .await;
     let alice = server.session("alice", Role::User).await;

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use serde_json::Value;
 
 use crate::on_both_databases;

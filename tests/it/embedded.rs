@@ -108,7 +108,7 @@ async fn generate_key_prints_a_key_the_ring_accepts() {
     let kh = Keyhouse::on_sqlite();
     let out = kh.run(&["encryption", "generate-key"]);
     let key = String::from_utf8(out.stdout).expect("utf-8");
-    keyhouse_core::crypto::fernet_ring::KeyRing::parse(key.trim(), "generated")
+    keyhouse_domain::crypto::fernet_ring::KeyRing::parse(key.trim(), "generated")
         .expect("a valid Fernet key");
 }
 
@@ -129,7 +129,7 @@ async fn shutdown_during_load_loses_no_acknowledged_write() {
     use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
     let kh = Keyhouse::on_sqlite().env(
         "KEYHOUSE_ENCRYPTION_KEYS",
-        &keyhouse_core::crypto::fernet_ring::KeyRing::generate_key(),
+        &keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key(),
     );
     kh.run(&["migrate"]);
     let token = kh.session("alice", "user");
@@ -170,14 +170,16 @@ async fn shutdown_during_load_loses_no_acknowledged_write() {
     );
 
     // Every key the server acknowledged is stored.
-    let db = keyhouse_core::db::connect(&kh.db_url)
+    let db = keyhouse_domain::db::connect(&kh.db_url)
         .await
         .expect("connect");
     for id in &acknowledged {
-        let row =
-            keyhouse_core::storage::user_keys::find(&db, uuid::Uuid::parse_str(id).expect("uuid"))
-                .await
-                .expect("query");
+        let row = keyhouse_domain::storage::user_keys::find(
+            &db,
+            uuid::Uuid::parse_str(id).expect("uuid"),
+        )
+        .await
+        .expect("query");
         assert!(row.is_some(), "acknowledged key {id} was lost");
     }
 }

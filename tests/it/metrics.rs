@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use keyhouse_proto::v1 as pb;
 
 use crate::support::{Backend, TestServer};

@@ -1,8 +1,8 @@
 //! PlatformKeyService over gRPC: the catalog, environment fallback, versions and rollback,
 //! audited reads, encryption at rest, live tests against a local stub, and the role matrix.
 
-use keyhouse_core::auth::Role;
-use keyhouse_core::platform_keys::EnvFallback;
+use keyhouse_domain::caller::Role;
+use keyhouse_domain::platform_keys::EnvFallback;
 use keyhouse_proto::v1 as pb;
 use tonic::Code;
 
@@ -153,7 +153,7 @@ async fn every_rpc_is_for_admins_only(backend: Backend) {
 async fn the_database_wins_over_the_environment_and_delete_falls_back(backend: Backend) {
     let env_value = "sk-or-v1-from-the-environment-0000";
     let server = TestServer::start_with(backend, |s| {
-        s.platform_env = Some(EnvFallback::from_lookup(|var| {
+        s.domain.platform_env = Some(EnvFallback::from_lookup(|var| {
             (var == "OPENROUTER_API_KEY").then(|| env_value.to_owned())
         }));
     })
@@ -589,7 +589,7 @@ async fn test_platform_key_reports_what_the_provider_answers(backend: Backend) {
     let stub = crate::stub::Provider::start("sk-or-v1-good-key-000000").await;
     let url = stub.url.clone();
     let server = TestServer::start_with(backend, move |s| {
-        s.provider_base_urls = vec![format!("openrouter={url}")]
+        s.domain.provider_base_urls = vec![format!("openrouter={url}")]
     })
     .await;
     let mut c = admin(&server).await;

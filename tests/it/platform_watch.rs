@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use keyhouse_core::auth::Role;
-use keyhouse_core::config::Secret;
-use keyhouse_core::crypto::fernet_ring::KeyRing;
-use keyhouse_core::rotation;
+use keyhouse_domain::caller::Role;
+use keyhouse_domain::config::Secret;
+use keyhouse_domain::crypto::fernet_ring::KeyRing;
+use keyhouse_domain::rotation;
 use keyhouse_proto::v1 as pb;
 
 use crate::on_both_databases;
@@ -135,8 +135,8 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
     let stub = crate::stub::Provider::start("sk-proj-byok-rotation-01").await;
     let url = stub.url.clone();
     let server = TestServer::start_with(backend, move |s| {
-        s.encryption_keys = Some(Secret::new(old));
-        s.provider_base_urls = vec![format!("openai={url}")];
+        s.domain.encryption_keys = Some(Secret::new(old));
+        s.domain.provider_base_urls = vec![format!("openai={url}")];
     })
     .await;
     // A user's own provider key is rotated with the platform's secrets.
@@ -176,7 +176,7 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
 
     // Mid-rotation, a replica with both keys reads everything.
     let mut during = server.settings.clone();
-    during.encryption_keys = Some(Secret::new(format!("{new_key},{old_key}")));
+    during.domain.encryption_keys = Some(Secret::new(format!("{new_key},{old_key}")));
     let replica = TestServer::serve(during, None).await;
     let mut c = replica.platform_client(Some(&token)).await;
     for name in ["openrouter", "anthropic"] {
@@ -208,7 +208,7 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
 
     // With only the new key, every secret and every version still reads.
     let mut after = server.settings.clone();
-    after.encryption_keys = Some(Secret::new(new_key));
+    after.domain.encryption_keys = Some(Secret::new(new_key));
     let only_new = TestServer::serve(after, None).await;
     let mut c = only_new.platform_client(Some(&token)).await;
     let secret = c

@@ -1,7 +1,7 @@
 //! Bad input on every REST path: each request gets its documented 4xx with a JSON `detail`,
 //! never a 5xx.
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -10,7 +10,9 @@ use crate::support::{Backend, TestServer};
 
 on_both_databases!(bad_requests_get_their_documented_4xx_and_never_a_5xx);
 
-/// (method, path, content type, body, expected status, field named in a 422's `loc`)
+/// (method, path, content type, body, expected status, field named in a 422's `loc`). The `loc`
+/// must also say where the field was: `query` when the path's query string names it, `path` for
+/// a field written `path.<name>`, else `body`.
 type Case = (
     Method,
     String,
@@ -405,6 +407,54 @@ fn cases(key_id: &str) -> Vec<Case> {
             422,
             Some("page_token"),
         ),
+        c(
+            Method::GET,
+            &format!("{keys}/%FF%FE"),
+            None,
+            "",
+            422,
+            Some("path.key_id"),
+        ),
+        c(
+            Method::POST,
+            "/api/v1/byok/keys/test/%FF",
+            None,
+            "",
+            422,
+            Some("path.provider"),
+        ),
+        c(
+            Method::DELETE,
+            "/api/v1/byok/keys/no-such-provider",
+            None,
+            "",
+            422,
+            Some("path.provider"),
+        ),
+        c(
+            Method::GET,
+            &format!("{pk}/%C0/versions"),
+            None,
+            "",
+            422,
+            Some("path.name"),
+        ),
+        c(
+            Method::GET,
+            &format!("{keys}?status=active&status=revoked"),
+            None,
+            "",
+            422,
+            Some("status"),
+        ),
+        c(
+            Method::GET,
+            &format!("{one}/usage?from=tomorrow"),
+            None,
+            "",
+            422,
+            Some("from"),
+        ),
         c(Method::GET, "/api/v1/no-such-path", None, "", 404, None),
         c(Method::DELETE, &pk, None, "", 405, None),
     ]
@@ -452,8 +502,21 @@ async fn bad_requests_get_their_documented_4xx_and_never_a_5xx(backend: Backend)
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("{shown}: not JSON: {text}"));
         assert!(json.get("detail").is_some(), "{shown}: no detail: {text}");
         if let Some(field) = field {
+            let (place, field) = match field.strip_prefix("path.") {
+                Some(name) => ("path", name),
+                None if path.contains(&format!("?{field}="))
+                    || path.contains(&format!("&{field}=")) =>
+                {
+                    ("query", field)
+                }
+                None => ("body", field),
+            };
             let loc = &json["detail"][0]["loc"];
-            assert_eq!(loc[1].as_str(), Some(field), "{shown}: {text}");
+            assert_eq!(
+                (loc[0].as_str(), loc[1].as_str()),
+                (Some(place), Some(field)),
+                "{shown}: {text}"
+            );
         }
     }
     // Nothing a bad request sent was stored.

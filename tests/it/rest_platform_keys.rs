@@ -1,6 +1,6 @@
 //! The Ops-Center platform-key and audit REST paths with a real HTTP client.
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -18,7 +18,7 @@ async fn the_platform_key_paths_answer_in_the_ops_center_shapes(backend: Backend
     let stub = crate::stub::Provider::start("sk-or-v1-good-key-000000").await;
     let url = stub.url.clone();
     let server = TestServer::start_with(backend, move |s| {
-        s.provider_base_urls = vec![format!("openrouter={url}")]
+        s.domain.provider_base_urls = vec![format!("openrouter={url}")]
     })
     .await;
     let admin = server.session("root", Role::Admin).await;
@@ -184,7 +184,7 @@ async fn the_platform_key_paths_answer_in_the_ops_center_shapes(backend: Backend
         .json()
         .await
         .expect("JSON");
-    let events = audit["events"].as_array().expect("events");
+    let events = audit.as_array().expect("a page is a JSON array");
     assert_eq!(events.len(), 1);
     assert_eq!(
         (
@@ -193,17 +193,38 @@ async fn the_platform_key_paths_answer_in_the_ops_center_shapes(backend: Backend
         ),
         (Some("root"), Some("configure LiteLLM"))
     );
-    let page: Value = http
+    // Pages like every REST list: an array, and the next page's token in X-Next-Page-Token.
+    let first = http
         .get(server.rest("/api/v1/admin/audit-events?page_size=2"))
         .bearer_auth(&admin)
         .send()
         .await
-        .expect("GET")
-        .json()
+        .expect("GET");
+    let token = first
+        .headers()
+        .get("x-next-page-token")
+        .and_then(|v| v.to_str().ok())
+        .expect("more events follow")
+        .to_owned();
+    let first: Value = first.json().await.expect("JSON");
+    assert_eq!(first.as_array().expect("array").len(), 2);
+    let second = http
+        .get(server.rest(&format!(
+            "/api/v1/admin/audit-events?page_size=2&page_token={token}"
+        )))
+        .bearer_auth(&admin)
+        .send()
         .await
-        .expect("JSON");
-    assert_eq!(page["events"].as_array().expect("events").len(), 2);
-    assert!(page["next_page_token"].is_string());
+        .expect("GET");
+    let second: Value = second.json().await.expect("JSON");
+    let second = second.as_array().expect("array");
+    assert!(!second.is_empty());
+    assert!(
+        second
+            .iter()
+            .all(|e| !first.as_array().expect("array").contains(e)),
+        "the second page repeats none of the first"
+    );
 }
 
 async fn platform_paths_are_for_admins_only(backend: Backend) {

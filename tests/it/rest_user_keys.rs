@@ -1,7 +1,7 @@
 //! The Ops-Center user-key REST paths with a real HTTP client: shapes, status codes, headers,
 //! cookies with the CSRF double submit, CORS, and agreement with gRPC.
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use keyhouse_proto::v1 as pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

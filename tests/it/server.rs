@@ -1,8 +1,10 @@
 //! The server around the services: reflection, health, and the split binaries' refusal to run
 //! on a schema that is behind.
 
-use keyhouse_core::config::{Secret, ServerSettings};
-use keyhouse_core::crypto::fernet_ring::KeyRing;
+use keyhouse_domain::config::Secret;
+use keyhouse_domain::crypto::fernet_ring::KeyRing;
+use keyhouse_server::ServerSettings;
+use keyhouse_server::bootstrap::{self, Deployment, Mount};
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -112,18 +114,27 @@ async fn split_binaries_refuse_a_missing_key_or_a_schema_that_is_behind(backend:
     };
     let mut settings = ServerSettings::new(test_db.url.clone());
 
-    let err = keyhouse_user_keys::run(settings.clone(), listener().await, std::future::pending())
-        .await
-        .expect_err("no encryption key");
+    let err = split(
+        &USER_KEYS,
+        settings.clone(),
+        listener().await,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("no encryption key");
     assert!(
         format!("{err:#}").contains("KEYHOUSE_ENCRYPTION_KEYS is not set"),
         "{err:#}"
     );
-    settings.encryption_keys = Some(Secret::new("this-is-not-a-fernet-key"));
-    let err =
-        keyhouse_platform_keys::run(settings.clone(), listener().await, std::future::pending())
-            .await
-            .expect_err("a malformed encryption key");
+    settings.domain.encryption_keys = Some(Secret::new("this-is-not-a-fernet-key"));
+    let err = split(
+        &PLATFORM_KEYS,
+        settings.clone(),
+        listener().await,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("a malformed encryption key");
     let message = format!("{err:#}");
     assert!(
         message.contains("not a Fernet key")
@@ -134,30 +145,39 @@ async fn split_binaries_refuse_a_missing_key_or_a_schema_that_is_behind(backend:
         !message.contains("this-is-not-a-fernet-key"),
         "the error echoes the key"
     );
-    settings.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
+    settings.domain.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
 
-    let err = keyhouse_user_keys::run(settings.clone(), listener().await, std::future::pending())
-        .await
-        .expect_err("user-key-service on an empty database");
+    let err = split(
+        &USER_KEYS,
+        settings.clone(),
+        listener().await,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("user-key-service on an empty database");
     let message = format!("{err:#}");
     assert!(
         message.contains("schema is behind") && message.contains("keyhouse migrate"),
         "{message}"
     );
 
-    let err =
-        keyhouse_platform_keys::run(settings.clone(), listener().await, std::future::pending())
-            .await
-            .expect_err("platform-key-service on an empty database");
+    let err = split(
+        &PLATFORM_KEYS,
+        settings.clone(),
+        listener().await,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("platform-key-service on an empty database");
     assert!(format!("{err:#}").contains("keyhouse migrate"));
 
     // Once migrated, the split binary serves.
     let db = test_db.connect().await;
-    keyhouse_core::db::migrate(&db).await.expect("migrate");
+    keyhouse_domain::db::migrate(&db).await.expect("migrate");
     let l = listener().await;
     let addr = l.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(keyhouse_user_keys::run(settings, l, async {
+    let task = tokio::spawn(split(&USER_KEYS, settings, l, async {
         let _ = stopped.await;
     }));
     let mut health = None;
@@ -188,27 +208,32 @@ async fn every_binary_refuses_a_schema_newer_than_it_knows(backend: Backend) {
     use sea_orm::ConnectionTrait;
     let test_db = TestDb::new(backend).await;
     let db = test_db.connect().await;
-    keyhouse_core::db::migrate(&db).await.expect("migrate");
+    keyhouse_domain::db::migrate(&db).await.expect("migrate");
     db.execute_unprepared("INSERT INTO seaql_migrations (version, applied_at) VALUES ('m29990101_000001_from_the_future', 0)")
         .await
         .expect("a newer keyhouse's migration");
     let mut settings = ServerSettings::new(test_db.url.clone());
-    settings.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
+    settings.domain.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
     let listener = || async {
         tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind")
     };
 
-    let migrate = keyhouse_core::db::migrate(&db)
+    let migrate = keyhouse_domain::db::migrate(&db)
         .await
         .expect_err("keyhouse migrate");
     let serve = keyhouse::serve(settings.clone(), listener().await, std::future::pending())
         .await
         .expect_err("keyhouse serve");
-    let split = keyhouse_user_keys::run(settings, listener().await, std::future::pending())
-        .await
-        .expect_err("user-key-service");
+    let split = split(
+        &USER_KEYS,
+        settings,
+        listener().await,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("user-key-service");
     for message in [
         migrate.to_string(),
         format!("{serve:#}"),
@@ -220,4 +245,17 @@ async fn every_binary_refuses_a_schema_newer_than_it_knows(backend: Backend) {
             "{message}"
         );
     }
+}
+
+static USER_KEYS: [&dyn Mount; 1] = [&keyhouse_user_keys::Service];
+static PLATFORM_KEYS: [&dyn Mount; 1] = [&keyhouse_platform_keys::Service];
+
+/// A split binary as its `main` runs it: one service through the bootstrap.
+fn split(
+    services: &'static [&'static dyn Mount],
+    settings: ServerSettings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = anyhow::Result<()>> {
+    bootstrap::run(settings, Deployment::Split, services, listener, shutdown)
 }

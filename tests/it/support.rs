@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use keyhouse_core::auth::Role;
-use keyhouse_core::config::{Secret, ServerSettings};
-use keyhouse_core::crypto::fernet_ring::KeyRing;
-use keyhouse_core::platform_keys::EnvFallback;
-use keyhouse_core::{db, storage};
+use keyhouse_domain::caller::Role;
+use keyhouse_domain::config::Secret;
+use keyhouse_domain::crypto::fernet_ring::KeyRing;
+use keyhouse_domain::platform_keys::EnvFallback;
+use keyhouse_domain::{db, storage};
 use keyhouse_proto::v1::platform_key_service_client::PlatformKeyServiceClient;
 use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
+use keyhouse_server::ServerSettings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
@@ -154,10 +155,10 @@ impl TestServer {
         let test_db = TestDb::new(backend).await;
         let mut settings = ServerSettings::new(test_db.url.clone());
         // The lowest cost bcrypt allows: these tests are about behaviour, not hashing speed.
-        settings.keys.bcrypt_cost = 4;
-        settings.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
+        settings.domain.keys.bcrypt_cost = 4;
+        settings.domain.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
         // Isolated from whatever provider variables the machine running the tests has.
-        settings.platform_env = Some(EnvFallback::default());
+        settings.domain.platform_env = Some(EnvFallback::default());
         configure(&mut settings);
         Self::serve(settings, Some(test_db)).await
     }
@@ -188,7 +189,7 @@ impl TestServer {
         };
         server.wait_until_serving().await;
         server.db = Some(
-            db::connect(&server.settings.database_url)
+            db::connect(&server.settings.domain.database_url)
                 .await
                 .expect("connect to the test database"),
         );
@@ -322,6 +323,7 @@ impl TestServer {
                 // The database file and its WAL hold every byte SQLite stored.
                 let path = self
                     .settings
+                    .domain
                     .database_url
                     .trim_start_matches("sqlite://")
                     .split('?')

@@ -139,7 +139,7 @@ fn descends_from(span: &Span, ancestor: &Span, trace: &[&Span]) -> bool {
 async fn create_key_spans_reach_an_otlp_collector_under_the_callers_trace_without_secrets() {
     let collector = Collector::default();
     let endpoint = collector.start(None).await;
-    let encryption_key = keyhouse_core::crypto::fernet_ring::KeyRing::generate_key();
+    let encryption_key = keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key();
     // The default 5 s batch delay is far longer than this test: every span below reaches the
     // collector only because SIGTERM flushes the queue.
     let kh = Keyhouse::on_sqlite()
@@ -423,7 +423,7 @@ fn test_certificates(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 async fn spans_reach_a_collector_over_tls_trusting_the_configured_ca() {
     let kh = Keyhouse::on_sqlite().env(
         "KEYHOUSE_ENCRYPTION_KEYS",
-        &keyhouse_core::crypto::fernet_ring::KeyRing::generate_key(),
+        &keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key(),
     );
     let (ca, cert, key) = test_certificates(&kh.dir.0);
     let collector = Collector::default();
@@ -476,7 +476,7 @@ async fn a_collector_that_is_down_costs_one_warning_and_no_request() {
     let kh = Keyhouse::on_sqlite()
         .env(
             "KEYHOUSE_ENCRYPTION_KEYS",
-            &keyhouse_core::crypto::fernet_ring::KeyRing::generate_key(),
+            &keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key(),
         )
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",

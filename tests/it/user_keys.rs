@@ -1,6 +1,6 @@
 //! UserKeyService over gRPC: the life of a key, ownership, statuses, what storage holds.
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use keyhouse_proto::v1 as pb;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tonic::Code;
@@ -218,13 +218,13 @@ async fn statuses_are_active_expired_and_revoked(backend: Backend) {
         .expect("revoke");
     // Time travel for one row: its expiry moves into the past.
     let past = chrono::Utc::now() - chrono::Duration::hours(1);
-    keyhouse_core::entities::user_api_keys::Entity::update_many()
+    keyhouse_domain::entities::user_api_keys::Entity::update_many()
         .col_expr(
-            keyhouse_core::entities::user_api_keys::Column::ExpiresAt,
+            keyhouse_domain::entities::user_api_keys::Column::ExpiresAt,
             sea_orm::sea_query::Expr::value(past),
         )
         .filter(
-            keyhouse_core::entities::user_api_keys::Column::Id
+            keyhouse_domain::entities::user_api_keys::Column::Id
                 .eq(uuid::Uuid::parse_str(&expired.key_id).expect("uuid")),
         )
         .exec(server.db())
@@ -382,7 +382,7 @@ async fn lists_are_paginated_newest_first(backend: Backend) {
 }
 
 async fn every_change_writes_an_audit_event(backend: Backend) {
-    use keyhouse_core::entities::audit_events;
+    use keyhouse_domain::entities::audit_events;
     let server = TestServer::start(backend).await;
     let token = server.session("alice", Role::User).await;
     let mut client = server.user_client(Some(&token)).await;
@@ -429,8 +429,8 @@ async fn every_change_writes_an_audit_event(backend: Backend) {
 async fn stored(
     server: &TestServer,
     key_id: &str,
-) -> keyhouse_core::entities::user_api_keys::Model {
-    keyhouse_core::entities::user_api_keys::Entity::find_by_id(
+) -> keyhouse_domain::entities::user_api_keys::Model {
+    keyhouse_domain::entities::user_api_keys::Entity::find_by_id(
         uuid::Uuid::parse_str(key_id).expect("uuid"),
     )
     .one(server.db())

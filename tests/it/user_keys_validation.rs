@@ -1,7 +1,7 @@
 //! Every validation rule of UserKeyService: each bad request gets INVALID_ARGUMENT naming the
 //! field, and leaves nothing behind.
 
-use keyhouse_core::auth::Role;
+use keyhouse_domain::caller::Role;
 use keyhouse_proto::v1 as pb;
 use tonic::Code;
 
@@ -192,7 +192,8 @@ async fn malformed_key_ids_are_invalid_for_get_revoke_and_regenerate(backend: Ba
 }
 
 async fn non_expiring_keys_need_the_server_to_allow_them(backend: Backend) {
-    let server = TestServer::start_with(backend, |s| s.keys.allow_non_expiring_keys = true).await;
+    let server =
+        TestServer::start_with(backend, |s| s.domain.keys.allow_non_expiring_keys = true).await;
     let token = server.session("alice", Role::User).await;
     let mut client = server.user_client(Some(&token)).await;
     let key = client

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use keyhouse_core::auth::Role;
-use keyhouse_core::change_feed::ChangeFeed;
-use keyhouse_core::crypto::api_key::ApiKey;
-use keyhouse_core::verify::Verifier;
+use keyhouse_domain::caller::Role;
+use keyhouse_domain::change_feed::ChangeFeed;
+use keyhouse_domain::crypto::api_key::ApiKey;
+use keyhouse_domain::verify::Verifier;
 use keyhouse_proto::v1 as pb;
 use pb::verify_key_response::Reason;
 use serde_json::{Value, json};
@@ -274,13 +274,13 @@ async fn concurrent_misses_for_one_key_run_one_bcrypt(backend: Backend) {
     )
     .await;
     // A verifier of its own on the server's database, to count its bcrypt runs.
-    let feed = ChangeFeed::start(server.db(), &server.settings.database_url)
+    let feed = ChangeFeed::start(server.db(), &server.settings.domain.database_url)
         .await
         .expect("feed");
     let verifier = Verifier::start(
         server.db().clone(),
-        &server.settings.keys.scopes,
-        &server.settings.verify,
+        &server.settings.domain.keys.scopes,
+        &server.settings.domain.verify,
         &feed,
     )
     .await
@@ -362,7 +362,7 @@ async fn rate_limits_count_per_replica_or_across_replicas_through_redis(backend:
 
     // Through Redis: one count for every replica.
     let mut shared = server.settings.clone();
-    shared.verify.redis_url = Some("redis://127.0.0.1:6379".into());
+    shared.domain.verify.redis_url = Some("redis://127.0.0.1:6379".into());
     let (a, b) = (
         TestServer::serve(shared.clone(), None).await,
         TestServer::serve(shared, None).await,
@@ -449,7 +449,7 @@ async fn ip_allowlists_take_ipv4_and_ipv6_networks(backend: Backend) {
 }
 
 async fn usage_counts_match_the_verifications_after_the_flush(backend: Backend) {
-    let server = TestServer::start_with(backend, |s| s.verify.usage_flush_millis = 50).await;
+    let server = TestServer::start_with(backend, |s| s.domain.verify.usage_flush_millis = 50).await;
     let token = server.session("alice", Role::User).await;
     let mut c = server.user_client(Some(&token)).await;
     let key = mint(&mut c, named("counted")).await;

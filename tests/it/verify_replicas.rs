@@ -4,9 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keyhouse_core::auth::Role;
-use keyhouse_core::config::ServerSettings;
+use keyhouse_domain::caller::Role;
 use keyhouse_proto::v1 as pb;
+use keyhouse_server::ServerSettings;
 use pb::verify_key_response::Reason;
 use tonic::Code;
 
@@ -235,11 +235,11 @@ async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_a
             .expect("start a throwaway PostgreSQL"),
     );
     let mut settings = ServerSettings::new(pg.url());
-    settings.keys.bcrypt_cost = 4;
-    settings.encryption_keys = Some(keyhouse_core::config::Secret::new(
-        keyhouse_core::crypto::fernet_ring::KeyRing::generate_key(),
+    settings.domain.keys.bcrypt_cost = 4;
+    settings.domain.encryption_keys = Some(keyhouse_domain::config::Secret::new(
+        keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key(),
     ));
-    settings.platform_env = Some(keyhouse_core::platform_keys::EnvFallback::default());
+    settings.domain.platform_env = Some(keyhouse_domain::platform_keys::EnvFallback::default());
     let server = TestServer::serve(settings, None).await;
     let token = server.session("alice", Role::User).await;
     let mut owner = server.user_client(Some(&token)).await;

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyhouse_core::change_feed::ChangeFeed;
-use keyhouse_core::crypto::api_key::ApiKey;
-use keyhouse_core::verify::cache::Cache;
-use keyhouse_core::verify::{KeyInfo, Verifier};
+use keyhouse_domain::change_feed::ChangeFeed;
+use keyhouse_domain::crypto::api_key::ApiKey;
+use keyhouse_domain::verify::cache::Cache;
+use keyhouse_domain::verify::{KeyInfo, Verifier};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
 use keyhouse_proto::v1::verify_key_response::Reason;
@@ -206,14 +206,14 @@ pub async fn run(args: &Args, server_rt: tokio::runtime::Handle) -> anyhow::Resu
     }
 
     let feed = ChangeFeed::start(
-        &keyhouse_core::db::connect(&server.settings.database_url).await?,
-        &server.settings.database_url,
+        &keyhouse_domain::db::connect(&server.settings.domain.database_url).await?,
+        &server.settings.domain.database_url,
     )
     .await?;
     let verifier = Verifier::start(
-        keyhouse_core::db::connect(&server.settings.database_url).await?,
-        &server.settings.keys.scopes,
-        &server.settings.verify,
+        keyhouse_domain::db::connect(&server.settings.domain.database_url).await?,
+        &server.settings.domain.keys.scopes,
+        &server.settings.domain.verify,
         &feed,
     )
     .await?;
@@ -408,12 +408,13 @@ async fn replicas(args: &Args, rt: &tokio::runtime::Handle) -> anyhow::Result<()
         let token = match &owner_token {
             Some(t) => t,
             None => {
-                let conn = keyhouse_core::db::connect(&first.settings.database_url).await?;
-                let t = keyhouse_core::storage::sessions::create(
+                let conn =
+                    keyhouse_domain::db::connect(&first.settings.domain.database_url).await?;
+                let t = keyhouse_domain::storage::sessions::create(
                     &conn,
                     "replica",
                     "",
-                    keyhouse_core::auth::Role::User,
+                    keyhouse_domain::caller::Role::User,
                     chrono::Duration::hours(1),
                 )
                 .await?;

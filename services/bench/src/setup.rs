@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 
-use keyhouse_core::auth::Role;
-use keyhouse_core::config::{Secret, ServerSettings};
-use keyhouse_core::crypto::fernet_ring::KeyRing;
-use keyhouse_core::platform_keys::EnvFallback;
-use keyhouse_core::{db, storage};
+use keyhouse_domain::caller::Role;
+use keyhouse_domain::config::Secret;
+use keyhouse_domain::crypto::fernet_ring::KeyRing;
+use keyhouse_domain::platform_keys::EnvFallback;
+use keyhouse_domain::{db, storage};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
+use keyhouse_server::ServerSettings;
 use sea_orm::ConnectionTrait;
 use tonic::transport::Channel;
 
@@ -21,9 +22,9 @@ pub struct Server {
 
 pub fn settings(database_url: String, bcrypt_cost: u32) -> ServerSettings {
     let mut settings = ServerSettings::new(database_url);
-    settings.keys.bcrypt_cost = bcrypt_cost;
-    settings.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
-    settings.platform_env = Some(EnvFallback::default());
+    settings.domain.keys.bcrypt_cost = bcrypt_cost;
+    settings.domain.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
+    settings.domain.platform_env = Some(EnvFallback::default());
     settings
 }
 
@@ -110,7 +111,7 @@ impl Server {
         user: &str,
         req: pb::CreateKeyRequest,
     ) -> anyhow::Result<pb::IssuedKey> {
-        let conn = db::connect(&self.settings.database_url).await?;
+        let conn = db::connect(&self.settings.domain.database_url).await?;
         let token =
             storage::sessions::create(&conn, user, "", Role::User, chrono::Duration::hours(1))
                 .await?;

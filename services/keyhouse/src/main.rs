@@ -1,8 +1,10 @@
 use clap::{Parser, Subcommand};
-use keyhouse_core::auth::Role;
-use keyhouse_core::config::{DEFAULT_DATABASE_URL, ServerSettings};
-use keyhouse_core::crypto::fernet_ring::KeyRing;
-use keyhouse_core::{db, rotation, server, storage, telemetry};
+use keyhouse_domain::caller::Role;
+use keyhouse_domain::config::DEFAULT_DATABASE_URL;
+use keyhouse_domain::crypto::fernet_ring::KeyRing;
+use keyhouse_domain::{db, rotation, storage};
+use keyhouse_server::bootstrap::{self, Deployment};
+use keyhouse_server::{ServerSettings, key_file, telemetry};
 
 /// keyhouse: API keys for an LLM gateway. `keyhouse serve` runs everything on one port.
 #[derive(Parser)]
@@ -17,6 +19,14 @@ struct Cli {
 enum Command {
     /// Serve every keyhouse service on one port, migrating the database first.
     Serve(ServerSettings),
+    #[command(flatten)]
+    Operator(Operator),
+}
+
+/// The operator's commands: each does one thing to the database or prints something, and exits.
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+enum Operator {
     /// Apply pending migrations to DATABASE_URL and exit.
     Migrate {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
@@ -51,7 +61,7 @@ enum EncryptionCommand {
     /// to run again.
     Rotate {
         #[command(flatten)]
-        settings: ServerSettings,
+        settings: keyhouse_domain::config::Settings,
         /// Rows read per batch.
         #[arg(long, default_value_t = 100)]
         batch_size: u64,
@@ -83,27 +93,29 @@ enum SessionCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let format = match &cli.command {
-        Command::Serve(settings) => settings.log_format,
-        _ => telemetry::LogFormat::Pretty,
-    };
-    server::exit_on_error(
-        async {
-            let _telemetry = telemetry::init(format, "keyhouse")?;
-            run(cli.command).await
+    match Cli::parse().command {
+        Command::Serve(settings) => {
+            bootstrap::main(
+                "keyhouse",
+                settings,
+                Deployment::Embedded,
+                &keyhouse::SERVICES,
+            )
+            .await
         }
-        .await,
-    )
+        Command::Operator(command) => bootstrap::exit_on_error(
+            async {
+                let _telemetry = telemetry::init(telemetry::LogFormat::Pretty, "keyhouse")?;
+                run(command).await
+            }
+            .await,
+        ),
+    }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Operator) -> anyhow::Result<()> {
     match command {
-        Command::Serve(settings) => {
-            let listener = server::bind(&settings).await?;
-            keyhouse::serve(settings, listener, server::shutdown_signal()).await
-        }
-        Command::Migrate { database_url } => {
+        Operator::Migrate { database_url } => {
             let db = db::connect(&database_url).await?;
             let applied = db::migrate(&db).await?;
             eprintln!(
@@ -112,7 +124,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Session(SessionCommand::Create {
+        Operator::Session(SessionCommand::Create {
             user,
             email,
             role,
@@ -125,25 +137,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", token.as_str());
             Ok(())
         }
-        Command::ServiceToken(ServiceTokenCommand::Create) => {
-            let token = keyhouse_core::crypto::session_token::generate()?;
+        Operator::ServiceToken(ServiceTokenCommand::Create) => {
+            let token = keyhouse_domain::crypto::session_token::generate()?;
             println!("svc_{}", &token[3..]);
             Ok(())
         }
-        Command::Openapi => {
+        Operator::Openapi => {
             println!("{}", keyhouse::openapi_document().to_pretty_json()?);
             Ok(())
         }
-        Command::Encryption(EncryptionCommand::GenerateKey) => {
+        Operator::Encryption(EncryptionCommand::GenerateKey) => {
             println!("{}", KeyRing::generate_key());
             Ok(())
         }
-        Command::Encryption(EncryptionCommand::Rotate {
+        Operator::Encryption(EncryptionCommand::Rotate {
             settings,
             batch_size,
             limit,
         }) => {
-            let ring = keyhouse::key_file::key_ring(&settings, false)?;
+            let ring = key_file::key_ring(&settings, false)?;
             let db = db::connect(&settings.database_url).await?;
             db::ensure_schema_current(&db).await?;
             let done = rotation::rotate(&db, &ring, batch_size.max(1), limit, |p| {

@@ -1,21 +1,18 @@
-//! PlatformKeyService: a thin gRPC layer over `keyhouse_core::platform_keys`. Each method
-//! resolves the caller and hands the request to the core; the core checks the admin role.
+//! PlatformKeyService: a thin gRPC layer over `keyhouse_domain::platform_keys`. Each method
+//! resolves the caller and hands the request to the domain; the domain checks the admin role.
 
 use std::pin::Pin;
 
-use keyhouse_core::change_feed::ChangeFeed;
-use keyhouse_core::config::ServerSettings;
-use keyhouse_core::crypto::fernet_ring::KeyRing;
-use keyhouse_core::db;
-use keyhouse_core::grpc::Authenticator;
-use keyhouse_core::platform_keys::PlatformKeys;
-use keyhouse_core::providers::BaseUrls;
-use keyhouse_core::server::{self, Services};
+use keyhouse_domain::authorization;
+use keyhouse_domain::platform_keys::PlatformKeys;
+use keyhouse_domain::providers::BaseUrls;
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::platform_key_service_server::{
     PlatformKeyService, PlatformKeyServiceServer,
 };
-use sea_orm::DatabaseConnection;
+use keyhouse_server::Services;
+use keyhouse_server::bootstrap::{BoxFuture, Context, Mount};
+use keyhouse_server::grpc::{self, Authenticator, reply};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
@@ -29,17 +26,35 @@ pub struct PlatformKeyGrpc {
     keys: PlatformKeys,
 }
 
+/// PlatformKeyService, for `bootstrap::run`'s list of services.
+pub struct Service;
+
+impl Mount for Service {
+    fn mount<'a>(
+        &'a self,
+        ctx: &'a Context,
+        services: &'a mut Services,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            PlatformKeyGrpc::new(ctx)?.register(services);
+            Ok(())
+        })
+    }
+}
+
 impl PlatformKeyGrpc {
-    pub fn new(
-        db: DatabaseConnection,
-        ring: KeyRing,
-        settings: &ServerSettings,
-        feed: ChangeFeed,
-    ) -> anyhow::Result<Self> {
+    pub fn new(ctx: &Context) -> anyhow::Result<Self> {
+        let settings = &ctx.settings.domain;
         let urls = BaseUrls::parse(&settings.provider_base_urls)?;
-        let keys = PlatformKeys::new(db.clone(), ring, settings.platform_env(), urls, feed)?;
+        let keys = PlatformKeys::new(
+            ctx.db.clone(),
+            ctx.ring.clone(),
+            settings.platform_env(),
+            urls,
+            ctx.feed.clone(),
+        )?;
         Ok(Self {
-            auth: Authenticator::new(db),
+            auth: Authenticator::new(ctx.db.clone()),
             keys,
         })
     }
@@ -57,6 +72,18 @@ impl PlatformKeyGrpc {
     }
 }
 
+impl PlatformKeyGrpc {
+    /// The caller of `method`, as its row in the authorization table allows.
+    async fn caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        method: &str,
+    ) -> Result<keyhouse_domain::caller::Caller, Status> {
+        let rule = authorization::rule(SERVICE_NAME, method).map_err(grpc::status)?;
+        self.auth.caller_for(metadata, rule).await
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PlatformKeyEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -67,77 +94,73 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::ListPlatformKeysRequest>,
     ) -> Result<Response<pb::ListPlatformKeysResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(self.keys.list(&caller).await?))
+        let caller = self.caller(req.metadata(), "ListPlatformKeys").await?;
+        reply(self.keys.list(&caller).await)
     }
 
     async fn update_platform_key(
         &self,
         req: Request<pb::UpdatePlatformKeyRequest>,
     ) -> Result<Response<pb::UpdatePlatformKeyResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(
-            self.keys.update(&caller, req.into_inner()).await?,
-        ))
+        let caller = self.caller(req.metadata(), "UpdatePlatformKey").await?;
+        reply(self.keys.update(&caller, req.into_inner()).await)
     }
 
     async fn delete_platform_key(
         &self,
         req: Request<pb::DeletePlatformKeyRequest>,
     ) -> Result<Response<pb::DeletePlatformKeyResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(
-            self.keys.delete(&caller, req.into_inner()).await?,
-        ))
+        let caller = self.caller(req.metadata(), "DeletePlatformKey").await?;
+        reply(self.keys.delete(&caller, req.into_inner()).await)
     }
 
     async fn get_decrypted_platform_key(
         &self,
         req: Request<pb::GetDecryptedPlatformKeyRequest>,
     ) -> Result<Response<pb::GetDecryptedPlatformKeyResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(
-            self.keys.decrypted(&caller, req.into_inner()).await?,
-        ))
+        let caller = self
+            .caller(req.metadata(), "GetDecryptedPlatformKey")
+            .await?;
+        reply(self.keys.decrypted(&caller, req.into_inner()).await)
     }
 
     async fn list_platform_key_versions(
         &self,
         req: Request<pb::ListPlatformKeyVersionsRequest>,
     ) -> Result<Response<pb::ListPlatformKeyVersionsResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(
-            self.keys.versions(&caller, req.into_inner()).await?,
-        ))
+        let caller = self
+            .caller(req.metadata(), "ListPlatformKeyVersions")
+            .await?;
+        reply(self.keys.versions(&caller, req.into_inner()).await)
     }
 
     async fn rollback_platform_key(
         &self,
         req: Request<pb::RollbackPlatformKeyRequest>,
     ) -> Result<Response<pb::UpdatePlatformKeyResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(
-            self.keys.rollback(&caller, req.into_inner()).await?,
-        ))
+        let caller = self.caller(req.metadata(), "RollbackPlatformKey").await?;
+        reply(self.keys.rollback(&caller, req.into_inner()).await)
     }
 
     async fn test_platform_key(
         &self,
         req: Request<pb::TestPlatformKeyRequest>,
     ) -> Result<Response<pb::TestPlatformKeyResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(
-            self.keys.test(&caller, req.into_inner()).await?,
-        ))
+        let caller = self.caller(req.metadata(), "TestPlatformKey").await?;
+        reply(self.keys.test(&caller, req.into_inner()).await)
     }
 
     async fn watch_platform_keys(
         &self,
         req: Request<pb::WatchPlatformKeysRequest>,
     ) -> Result<Response<Self::WatchPlatformKeysStream>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        let events = self.keys.watch(&caller, req.into_inner()).await?;
-        let stream = ReceiverStream::new(events).map(|event| event.map_err(Status::from));
+        let caller = self.caller(req.metadata(), "WatchPlatformKeys").await?;
+        let events = self
+            .keys
+            .watch(&caller, req.into_inner())
+            .await
+            .map_err(grpc::status)?;
+        let stream = ReceiverStream::new(events).map(|event| event.map_err(grpc::status));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -145,25 +168,7 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let caller = self.auth.caller(req.metadata()).await?;
-        Ok(Response::new(
-            self.keys.audit_events(&caller, req.into_inner()).await?,
-        ))
+        let caller = self.caller(req.metadata(), "ListAuditEvents").await?;
+        reply(self.keys.audit_events(&caller, req.into_inner()).await)
     }
-}
-
-/// Serves PlatformKeyService alone (the split deployment). It never migrates, and it does not
-/// start without an encryption key ring.
-pub async fn run(
-    settings: ServerSettings,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let ring = settings.required_key_ring()?;
-    let db = db::connect(&settings.database_url).await?;
-    db::ensure_schema_current(&db).await?;
-    let feed = ChangeFeed::start(&db, &settings.database_url).await?;
-    let mut services = Services::new(db.clone());
-    PlatformKeyGrpc::new(db, ring, &settings, feed)?.register(&mut services);
-    server::serve(listener, services, &settings.cors_origins, shutdown).await
 }

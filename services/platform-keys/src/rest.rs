@@ -1,17 +1,16 @@
 //! The Ops-Center REST paths for platform keys (`/api/v1/admin/platform-keys`) and the audit
 //! trail (`/api/v1/admin/audit-events`). Each handler translates and calls the gRPC method.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use keyhouse_core::rest::{
-    self, ErrorBody, JsonBody, RestError, ValidationErrorBody, grpc_request,
-};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::platform_key_service_server::PlatformKeyService;
+use keyhouse_server::rest::{
+    self, ErrorBody, JsonBody, Path, Places, Query, RestError, ValidationErrorBody, grpc_request,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
@@ -42,7 +41,7 @@ pub fn router(service: PlatformKeyGrpc) -> Router {
 #[openapi(
     paths(list, update, delete, decrypted, versions, rollback, test, audit_events),
     components(schemas(PlatformKeyJson, PlatformKeyList, UpdateBody, UpdatedJson, PlatformKeyDeletedJson, DecryptedJson,
-        VersionJson, VersionList, RollbackBody, PlatformKeyTestedJson, AuditEventJson, AuditEventList, ErrorBody, ValidationErrorBody)),
+        VersionJson, VersionList, RollbackBody, PlatformKeyTestedJson, AuditEventJson, ErrorBody, ValidationErrorBody)),
     tags((name = "platform-keys", description = "The platform's provider secrets (admins only)"))
 )]
 pub struct Docs;
@@ -136,10 +135,28 @@ pub struct AuditEventJson {
     pub details: serde_json::Value,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct AuditEventList {
-    pub events: Vec<AuditEventJson>,
-    pub next_page_token: Option<String>,
+/// The platform key named in the path, for a 422's `loc`.
+const NAME_PATH: Places = Places {
+    path: &["name"],
+    query: &[],
+};
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ReasonQuery {
+    reason: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuditQuery {
+    actor: String,
+    action: String,
+    target: String,
+    since: Option<String>,
+    until: Option<String>,
+    page_size: Option<String>,
+    page_token: String,
 }
 
 fn updated(out: pb::UpdatePlatformKeyResponse) -> Json<UpdatedJson> {
@@ -198,7 +215,8 @@ async fn update(
     };
     Ok(updated(
         svc.update_platform_key(grpc_request(&headers, req))
-            .await?
+            .await
+            .map_err(|s| NAME_PATH.error(s))?
             .into_inner(),
     ))
 }
@@ -216,7 +234,8 @@ async fn delete(
             &headers,
             pb::DeletePlatformKeyRequest { name },
         ))
-        .await?
+        .await
+        .map_err(|s| NAME_PATH.error(s))?
         .into_inner();
     Ok(Json(PlatformKeyDeletedJson {
         success: out.success,
@@ -233,15 +252,20 @@ async fn decrypted(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<ReasonQuery>,
 ) -> Result<Json<DecryptedJson>, RestError> {
     let req = pb::GetDecryptedPlatformKeyRequest {
         name,
-        reason: q.get("reason").cloned().unwrap_or_default(),
+        reason: q.reason,
+    };
+    let places = Places {
+        path: &["name"],
+        query: &["reason"],
     };
     let out = svc
         .get_decrypted_platform_key(grpc_request(&headers, req))
-        .await?
+        .await
+        .map_err(|s| places.error(s))?
         .into_inner();
     Ok(Json(DecryptedJson {
         api_key: out.api_key,
@@ -263,7 +287,8 @@ async fn versions(
             &headers,
             pb::ListPlatformKeyVersionsRequest { name },
         ))
-        .await?
+        .await
+        .map_err(|s| NAME_PATH.error(s))?
         .into_inner();
     let versions = out
         .versions
@@ -295,7 +320,8 @@ async fn rollback(
     };
     Ok(updated(
         svc.rollback_platform_key(grpc_request(&headers, req))
-            .await?
+            .await
+            .map_err(|s| NAME_PATH.error(s))?
             .into_inner(),
     ))
 }
@@ -310,7 +336,8 @@ async fn test(
 ) -> Result<Json<PlatformKeyTestedJson>, RestError> {
     let out = svc
         .test_platform_key(grpc_request(&headers, pb::TestPlatformKeyRequest { name }))
-        .await?
+        .await
+        .map_err(|s| NAME_PATH.error(s))?
         .into_inner();
     Ok(Json(PlatformKeyTestedJson {
         ok: out.ok,
@@ -320,30 +347,39 @@ async fn test(
     }))
 }
 
-/// The audit trail, newest first.
+/// The audit trail, newest first. The next page's token is in `X-Next-Page-Token`.
 #[utoipa::path(get, path = "/api/v1/admin/audit-events", tag = "platform-keys",
     params(("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query),
            ("since" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339"),
-           ("page_size" = Option<i32>, Query), ("page_token" = Option<String>, Query)),
-    responses((status = 200, description = "OK", body = AuditEventList), (status = 403, description = "Forbidden (admins only, or CSRF check failed)", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+           ("page_size" = Option<i32>, Query, description = "1-500, default 50"), ("page_token" = Option<String>, Query, description = "from X-Next-Page-Token")),
+    responses((status = 200, description = "OK", body = Vec<AuditEventJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))), (status = 403, description = "Forbidden (admins only, or CSRF check failed)", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn audit_events(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<AuditEventList>, RestError> {
-    let text = |k: &str| q.get(k).cloned().unwrap_or_default();
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, RestError> {
     let req = pb::ListAuditEventsRequest {
-        actor: text("actor"),
-        action: text("action"),
-        target: text("target"),
-        since: rest::query_time(q.get("since"), "since")?,
-        until: rest::query_time(q.get("until"), "until")?,
-        page_size: rest::query_int(q.get("page_size"), "page_size")?,
-        page_token: text("page_token"),
+        actor: q.actor,
+        action: q.action,
+        target: q.target,
+        since: rest::query_time(q.since.as_ref(), "since")?,
+        until: rest::query_time(q.until.as_ref(), "until")?,
+        page_size: rest::query_int(q.page_size.as_ref(), "page_size")?,
+        page_token: q.page_token,
     };
+    let places = Places::query(&[
+        "actor",
+        "action",
+        "target",
+        "since",
+        "until",
+        "page_size",
+        "page_token",
+    ]);
     let out = svc
         .list_audit_events(grpc_request(&headers, req))
-        .await?
+        .await
+        .map_err(|s| places.error(s))?
         .into_inner();
     let events = out
         .events
@@ -358,8 +394,5 @@ async fn audit_events(
             request_id: e.request_id,
         })
         .collect();
-    Ok(Json(AuditEventList {
-        events,
-        next_page_token: (!out.next_page_token.is_empty()).then_some(out.next_page_token),
-    }))
+    Ok(rest::page::<AuditEventJson>(events, &out.next_page_token))
 }

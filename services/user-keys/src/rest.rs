@@ -2,18 +2,17 @@
 //! turns JSON into the gRPC request, calls the same method gRPC clients call, and turns the
 //! answer back into the JSON the Ops-Center front end reads.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keyhouse_core::rest::{
-    self, ErrorBody, JsonBody, OptionalJsonBody, RestError, ValidationErrorBody, grpc_request,
-};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::user_key_service_server::UserKeyService;
+use keyhouse_server::rest::{
+    self, ErrorBody, JsonBody, OptionalJsonBody, Path, Places, Query, RestError,
+    ValidationErrorBody, grpc_request,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
@@ -58,6 +57,27 @@ pub struct CreateKeyBody {
     pub rate_limit_per_minute: Option<i32>,
     /// CIDRs (or addresses) the key may be used from; anywhere when omitted or empty.
     pub allowed_ips: Option<Vec<String>>,
+}
+
+/// Where a key path's request fields come from, for a 422's `loc`.
+const KEY_PATH: Places = Places {
+    path: &["key_id"],
+    query: &[],
+};
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ListQuery {
+    status: String,
+    page_size: Option<String>,
+    page_token: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -207,25 +227,20 @@ async fn create_key(
 async fn list_keys(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<ListQuery>,
 ) -> Result<Response, RestError> {
     let req = pb::ListKeysRequest {
-        page_size: rest::query_int(query.get("page_size"), "page_size")?,
-        page_token: query.get("page_token").cloned().unwrap_or_default(),
-        status: query.get("status").cloned().unwrap_or_default(),
+        page_size: rest::query_int(query.page_size.as_ref(), "page_size")?,
+        page_token: query.page_token,
+        status: query.status,
     };
     let page = svc
         .list_keys(grpc_request(&headers, req))
-        .await?
+        .await
+        .map_err(|s| Places::query(&["status", "page_size", "page_token"]).error(s))?
         .into_inner();
     let keys: Vec<ApiKeyJson> = page.keys.into_iter().map(Into::into).collect();
-    let mut response = Json(keys).into_response();
-    if let Ok(next) = HeaderValue::from_str(&page.next_page_token)
-        && !page.next_page_token.is_empty()
-    {
-        response.headers_mut().insert("x-next-page-token", next);
-    }
-    Ok(response)
+    Ok(rest::page(keys, &page.next_page_token))
 }
 
 /// One of the caller's keys.
@@ -238,7 +253,8 @@ async fn get_key(
 ) -> Result<Json<ApiKeyJson>, RestError> {
     let key = svc
         .get_key(grpc_request(&headers, pb::GetKeyRequest { key_id }))
-        .await?
+        .await
+        .map_err(|s| KEY_PATH.error(s))?
         .into_inner();
     Ok(Json(key.into()))
 }
@@ -253,7 +269,8 @@ async fn revoke_key(
 ) -> Result<Json<RevokedJson>, RestError> {
     let out = svc
         .revoke_key(grpc_request(&headers, pb::RevokeKeyRequest { key_id }))
-        .await?
+        .await
+        .map_err(|s| KEY_PATH.error(s))?
         .into_inner();
     Ok(Json(RevokedJson {
         success: out.success,
@@ -278,7 +295,8 @@ async fn regenerate_key(
     };
     let key = svc
         .regenerate_key(grpc_request(&headers, req))
-        .await?
+        .await
+        .map_err(|s| KEY_PATH.error(s))?
         .into_inner();
     Ok(Json(key.into()))
 }
@@ -293,16 +311,21 @@ async fn key_usage(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
     Path(key_id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<UsageQuery>,
 ) -> Result<Json<UsageJson>, RestError> {
     let req = pb::GetKeyUsageRequest {
         key_id,
-        from: rest::query_time(q.get("from"), "from")?,
-        to: rest::query_time(q.get("to"), "to")?,
+        from: rest::query_time(q.from.as_ref(), "from")?,
+        to: rest::query_time(q.to.as_ref(), "to")?,
+    };
+    let places = Places {
+        path: &["key_id"],
+        query: &["from", "to"],
     };
     let out = svc
         .get_key_usage(grpc_request(&headers, req))
-        .await?
+        .await
+        .map_err(|s| places.error(s))?
         .into_inner();
     Ok(Json(UsageJson {
         key_id: out.key_id,

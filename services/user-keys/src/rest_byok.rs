@@ -1,19 +1,25 @@
 //! The Ops-Center BYOK REST paths (`/api/v1/byok`), as its front end calls them. Each handler
 //! translates and calls the gRPC method.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use keyhouse_core::rest::{
-    self, ErrorBody, JsonBody, RestError, ValidationErrorBody, grpc_request,
-};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::user_key_service_server::UserKeyService;
+use keyhouse_server::rest::{
+    self, ErrorBody, JsonBody, Path, Places, RestError, ValidationErrorBody, grpc_request,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::UserKeyGrpc;
+
+/// The provider named in the path, for a 422's `loc`.
+const PROVIDER_PATH: Places = Places {
+    path: &["provider"],
+    query: &[],
+};
 
 pub fn router(service: UserKeyGrpc) -> Router {
     Router::new()
@@ -176,7 +182,8 @@ async fn test(
             &headers,
             pb::TestProviderKeyRequest { provider },
         ))
-        .await?
+        .await
+        .map_err(|s| PROVIDER_PATH.error(s))?
         .into_inner();
     Ok(Json(ProviderKeyTestedJson {
         details: serde_json::json!({ "status_code": out.status_code, "latency_ms": out.latency_ms }),
@@ -199,7 +206,8 @@ async fn remove(
             &headers,
             pb::DeleteProviderKeyRequest { provider },
         ))
-        .await?
+        .await
+        .map_err(|s| PROVIDER_PATH.error(s))?
         .into_inner();
     Ok(Json(ProviderKeyDeletedJson {
         success: out.success,

@@ -1,5 +1,6 @@
 use clap::Parser;
-use keyhouse_core::{config::ServerSettings, server, telemetry};
+use keyhouse_server::ServerSettings;
+use keyhouse_server::bootstrap::{self, Deployment};
 
 /// PlatformKeyService alone: the platform's provider secrets. Run `keyhouse migrate` first.
 #[derive(Parser)]
@@ -12,12 +13,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings = Cli::parse().settings;
-    server::exit_on_error(
-        async {
-            let _telemetry = telemetry::init(settings.log_format, "platform-key-service")?;
-            let listener = server::bind(&settings).await?;
-            keyhouse_platform_keys::run(settings, listener, server::shutdown_signal()).await
-        }
-        .await,
+    let services = [&keyhouse_platform_keys::Service as &dyn bootstrap::Mount];
+    bootstrap::main(
+        "platform-key-service",
+        settings,
+        Deployment::Split,
+        &services,
     )
+    .await
 }

@@ -1,5 +1,6 @@
 use clap::Parser;
-use keyhouse_core::{config::ServerSettings, server, telemetry};
+use keyhouse_server::ServerSettings;
+use keyhouse_server::bootstrap::{self, Deployment};
 
 /// UserKeyService alone: user API keys, VerifyKey and BYOK. Run `keyhouse migrate` first.
 #[derive(Parser)]
@@ -12,12 +13,6 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let settings = Cli::parse().settings;
-    server::exit_on_error(
-        async {
-            let _telemetry = telemetry::init(settings.log_format, "user-key-service")?;
-            let listener = server::bind(&settings).await?;
-            keyhouse_user_keys::run(settings, listener, server::shutdown_signal()).await
-        }
-        .await,
-    )
+    let services = [&keyhouse_user_keys::Service as &dyn bootstrap::Mount];
+    bootstrap::main("user-key-service", settings, Deployment::Split, &services).await
 }

@@ -1,0 +1,301 @@
+//! BYOK: users' own provider keys, one per user and provider, Fernet-encrypted with the key
+//! ring, tested live on request, and handed decrypted only to internal services holding a
+//! service token. Every change and every hand-out is audited, never with the secret.
+
+use std::time::Duration;
+
+use keyhouse_proto::v1 as pb;
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::caller::Caller;
+use crate::crypto::fernet_ring::KeyRing;
+use crate::crypto::mask;
+use crate::entities::user_provider_keys;
+use crate::error::{Error, Result};
+use crate::providers::{self, BaseUrls, Provider, catalog};
+use crate::storage::provider_keys as store;
+use crate::storage::{audit, now};
+use crate::timestamp;
+
+const MAX_LABEL: usize = 255;
+const MAX_ENDPOINT: usize = 2048;
+
+#[derive(Clone)]
+pub struct Byok {
+    db: DatabaseConnection,
+    ring: KeyRing,
+    urls: BaseUrls,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Byok {
+    pub fn new(
+        db: DatabaseConnection,
+        ring: KeyRing,
+        urls: BaseUrls,
+        timeout: Duration,
+    ) -> Result<Self> {
+        Ok(Self {
+            db,
+            ring,
+            urls,
+            http: providers::http_client()?,
+            timeout,
+        })
+    }
+
+    pub async fn providers(&self, caller: &Caller) -> Result<pb::ListProvidersResponse> {
+        let mine = store::list(&self.db, caller.user_id()).await?;
+        let providers = catalog::byok()
+            .map(|p| pb::Provider {
+                id: p.id.into(),
+                name: p.display_name.into(),
+                key_format: p.key_format.into(),
+                configured: mine.iter().any(|k| k.provider == p.id),
+                requires_endpoint: p.requires_endpoint,
+            })
+            .collect();
+        Ok(pb::ListProvidersResponse { providers })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), provider = %req.provider))]
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        req: pb::PutProviderKeyRequest,
+    ) -> Result<pb::PutProviderKeyResponse> {
+        let provider = provider(&req.provider)?;
+        let key = req.key.trim();
+        if !provider.accepts(key) {
+            return Err(crate::providers::bad_key_format(
+                "key",
+                provider.display_name,
+                provider.key_format,
+            ));
+        }
+        let label = req.label.trim();
+        if label.chars().count() > MAX_LABEL || label.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "label",
+                format!("label must be at most {MAX_LABEL} printable characters"),
+            ));
+        }
+        let endpoint = endpoint(provider, req.endpoint.trim())?;
+        let at = now();
+        let txn = crate::db::begin(&self.db).await?;
+        store::upsert(
+            &txn,
+            user_provider_keys::Model {
+                id: Uuid::new_v4(),
+                user_id: caller.user_id().to_owned(),
+                provider: provider.id.to_owned(),
+                ciphertext: self.ring.encrypt(key),
+                key_preview: mask::preview(key),
+                label: (!label.is_empty()).then(|| label.to_owned()),
+                endpoint: endpoint.clone(),
+                added_at: at,
+                updated_at: at,
+                last_tested: None,
+                test_status: "unknown".into(),
+                test_message: None,
+            },
+        )
+        .await?;
+        audit::record(
+            &txn,
+            caller,
+            "provider_key.put",
+            provider.id,
+            json!({ "key_preview": mask::preview(key), "endpoint": endpoint }),
+        )
+        .await?;
+        txn.commit().await?;
+        tracing::info!("provider key stored");
+        Ok(pb::PutProviderKeyResponse {
+            message: "API key added successfully".into(),
+            provider: provider.id.into(),
+            provider_name: provider.display_name.into(),
+        })
+    }
+
+    pub async fn list(&self, caller: &Caller) -> Result<pb::ListProviderKeysResponse> {
+        let keys = store::list(&self.db, caller.user_id())
+            .await?
+            .into_iter()
+            .map(|k| pb::ProviderKey {
+                provider_name: catalog::find(&k.provider)
+                    .map_or_else(|| k.provider.clone(), |p| p.display_name.to_owned()),
+                provider: k.provider,
+                key_preview: k.key_preview,
+                label: k.label.unwrap_or_default(),
+                added_at: Some(timestamp(k.added_at)),
+                last_tested: k.last_tested.map(timestamp),
+                test_status: k.test_status,
+            })
+            .collect();
+        Ok(pb::ListProviderKeysResponse { keys })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), provider = %req.provider))]
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        req: pb::DeleteProviderKeyRequest,
+    ) -> Result<pb::DeleteProviderKeyResponse> {
+        let provider = provider(&req.provider)?;
+        let txn = crate::db::begin(&self.db).await?;
+        if !store::delete(&txn, caller.user_id(), provider.id).await? {
+            return Err(no_key(provider));
+        }
+        audit::record(&txn, caller, "provider_key.delete", provider.id, json!({})).await?;
+        txn.commit().await?;
+        Ok(pb::DeleteProviderKeyResponse {
+            success: true,
+            message: format!("{} API key deleted", provider.display_name),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), provider = %req.provider))]
+    pub async fn test(
+        &self,
+        caller: &Caller,
+        req: pb::TestProviderKeyRequest,
+    ) -> Result<pb::TestProviderKeyResponse> {
+        let provider = provider(&req.provider)?;
+        let row = store::find(&self.db, caller.user_id(), provider.id)
+            .await?
+            .ok_or_else(|| no_key(provider))?;
+        let key = self.ring.decrypt(&row.ciphertext)?;
+        let base = row
+            .endpoint
+            .as_deref()
+            .unwrap_or_else(|| self.urls.get(provider.id, provider.base_url));
+        let live = provider
+            .live_test
+            .as_ref()
+            .ok_or_else(|| no_live_test(provider))?;
+        let outcome = providers::run(&self.http, base, live, &key, self.timeout).await;
+        let status = match (outcome.ok, outcome.rejected) {
+            (true, _) => "valid",
+            (false, true) => "invalid",
+            (false, false) => "error",
+        };
+        let txn = crate::db::begin(&self.db).await?;
+        store::record_test(&txn, &row, status, &outcome.detail, now()).await?;
+        audit::record(
+            &txn,
+            caller,
+            "provider_key.test",
+            provider.id,
+            json!({ "status": status, "status_code": outcome.status_code }),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(pb::TestProviderKeyResponse {
+            provider: provider.id.into(),
+            status: status.into(),
+            message: outcome.detail,
+            status_code: outcome.status_code,
+            latency_ms: outcome.latency_ms,
+        })
+    }
+
+    /// The decrypted key for an internal service; `service` is the service token's name.
+    #[tracing::instrument(skip_all, fields(service = %caller.user_id(), provider = %req.provider))]
+    pub async fn hand_out(
+        &self,
+        caller: &Caller,
+        req: pb::GetProviderKeyForUserRequest,
+    ) -> Result<pb::GetProviderKeyForUserResponse> {
+        let provider = provider(&req.provider)?;
+        let user_id = req.user_id.trim();
+        if user_id.is_empty() {
+            return Err(Error::invalid("user_id", "user_id is required"));
+        }
+        let row = store::find(&self.db, user_id, provider.id)
+            .await?
+            .ok_or_else(|| no_key(provider))?;
+        let key = self.ring.decrypt(&row.ciphertext)?;
+        let txn = crate::db::begin(&self.db).await?;
+        audit::record(
+            &txn,
+            caller,
+            "provider_key.hand_out",
+            &format!("{user_id}/{}", provider.id),
+            json!({ "user_id": user_id }),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(pb::GetProviderKeyForUserResponse {
+            provider: provider.id.into(),
+            api_key: key.to_string(),
+            endpoint: row.endpoint.unwrap_or_default(),
+        })
+    }
+}
+
+fn provider(id: &str) -> Result<&'static Provider> {
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(Error::invalid("provider", "provider is required"));
+    }
+    catalog::find(id).filter(|p| p.byok).ok_or_else(|| {
+        let known: Vec<_> = catalog::byok().map(|p| p.id).collect();
+        Error::invalid(
+            "provider",
+            format!(
+                "unknown provider '{id}'; known providers: {}",
+                known.join(", ")
+            ),
+        )
+    })
+}
+
+fn endpoint(provider: &Provider, text: &str) -> Result<Option<String>> {
+    if text.is_empty() {
+        return if provider.requires_endpoint {
+            Err(Error::invalid(
+                "endpoint",
+                format!(
+                    "{} needs an endpoint: an http(s) URL",
+                    provider.display_name
+                ),
+            ))
+        } else {
+            Ok(None)
+        };
+    }
+    let valid = text.len() <= MAX_ENDPOINT
+        && reqwest::Url::parse(text)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if !valid {
+        return Err(Error::invalid(
+            "endpoint",
+            "endpoint must be an http(s) URL",
+        ));
+    }
+    // The endpoint is shown in lists and written to the audit log: it must not carry a secret.
+    let carries_secret = reqwest::Url::parse(text)
+        .is_ok_and(|u| !u.username().is_empty() || u.password().is_some() || u.query().is_some());
+    if carries_secret {
+        return Err(Error::invalid(
+            "endpoint",
+            "endpoint must not hold credentials or a query string; the key goes in the key field",
+        ));
+    }
+    Ok(Some(text.trim_end_matches('/').to_owned()))
+}
+
+fn no_key(provider: &Provider) -> Error {
+    Error::NotFound(format!("No {} API key configured", provider.display_name))
+}
+
+fn no_live_test(provider: &Provider) -> Error {
+    Error::FailedPrecondition(format!(
+        "{} has no live test: keyhouse cannot check it against a provider",
+        provider.display_name
+    ))
+}

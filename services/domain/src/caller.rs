@@ -1,0 +1,82 @@
+//! Who is calling, as every capability sees it: a principal with a role, and the request id
+//! that ties the call's log lines and audit events together. How a caller is authenticated
+//! (sessions, keys, service tokens) is the server's business; the domain only receives the result.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "user" => Ok(Role::User),
+            other => Err(format!("unknown role '{other}': expected admin or user")),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a caller was not authenticated. Each transport words these its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    NoToken,
+    InvalidSession,
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthFailure::NoToken => "not authenticated: no session token",
+            AuthFailure::InvalidSession => "invalid or expired session",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub email: String,
+    pub role: Role,
+}
+
+/// An authenticated request: who, and the id that ties its log lines and audit events together.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: String,
+}
+
+impl Caller {
+    pub fn user_id(&self) -> &str {
+        &self.principal.user_id
+    }
+
+    pub fn require_admin(&self) -> Result<()> {
+        match self.principal.role {
+            Role::Admin => Ok(()),
+            Role::User => Err(Error::PermissionDenied("Admin access required".into())),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! User API keys: `uc_` + 64 lowercase hex. The first 56 hex are random (OS CSPRNG); the last
+//! 8 are the CRC32 of everything before them, so a mistyped or forged key is rejected without
+//! touching storage and secret scanners can recognise a real one.
+
+use std::fmt;
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+pub const PREFIX: &str = "uc_";
+const RANDOM_HEX: usize = 56;
+pub const KEY_LEN: usize = PREFIX.len() + RANDOM_HEX + 8;
+/// Stored in clear and indexed: `uc_` + 12 hex (48 random bits), so one prefix almost never
+/// has two candidates and a lookup needs one bcrypt.
+pub const LOOKUP_PREFIX_LEN: usize = PREFIX.len() + 12;
+
+/// A full API key. Zeroized on drop; `Debug` prints a mask.
+#[derive(Clone)]
+pub struct ApiKey(Zeroizing<String>);
+
+impl ApiKey {
+    pub fn generate() -> Result<Self> {
+        let mut random = Zeroizing::new([0u8; RANDOM_HEX / 2]);
+        getrandom::fill(random.as_mut())
+            .map_err(|e| Error::internal(anyhow::anyhow!("OS RNG: {e}")))?;
+        let mut key = Zeroizing::new(String::with_capacity(KEY_LEN));
+        key.push_str(PREFIX);
+        key.push_str(&hex::encode(random.as_ref()));
+        let crc = crc32fast::hash(key.as_bytes());
+        key.push_str(&format!("{crc:08x}"));
+        Ok(Self(key))
+    }
+
+    /// Accepts a presented key only if it has the right shape and checksum.
+    pub fn parse(presented: &str) -> Option<Self> {
+        well_formed(presented).then(|| Self(Zeroizing::new(presented.to_owned())))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn lookup_prefix(&self) -> &str {
+        &self.0[..LOOKUP_PREFIX_LEN]
+    }
+
+    pub fn last4(&self) -> &str {
+        &self.0[KEY_LEN - 4..]
+    }
+
+    pub fn preview(&self) -> String {
+        super::mask::preview(&self.0)
+    }
+
+    /// bcrypt at `cost`, on the blocking pool: ~230 ms of CPU at cost 12.
+    pub async fn hash(&self, cost: u32) -> Result<String> {
+        let key = self.0.clone();
+        on_blocking_pool("hash", move || bcrypt::hash(key.as_bytes(), cost)).await
+    }
+
+    /// Checks the key against a stored bcrypt hash, on the blocking pool.
+    pub async fn verify(&self, hash: &str) -> Result<bool> {
+        let key = self.0.clone();
+        let hash = hash.to_owned();
+        on_blocking_pool("verify", move || bcrypt::verify(key.as_bytes(), &hash)).await
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.preview())
+    }
+}
+
+impl PartialEq for ApiKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+/// Runs one bcrypt operation on the blocking pool, timed for the metrics and traced as a child
+/// of the caller's span.
+async fn on_blocking_pool<T: Send + 'static>(
+    operation: &'static str,
+    f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static,
+) -> Result<T> {
+    let span = tracing::info_span!("bcrypt", bcrypt.operation = operation);
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        let out = f();
+        crate::observe::bcrypt(operation, started.elapsed());
+        out
+    })
+    .await
+    .map_err(Error::internal)?
+    .map_err(Error::internal)
+}
+
+fn well_formed(s: &str) -> bool {
+    if s.len() != KEY_LEN || !s.starts_with(PREFIX) {
+        return false;
+    }
+    let body = &s[PREFIX.len()..];
+    if !body
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return false;
+    }
+    let (head, check) = s.split_at(KEY_LEN - 8);
+    u32::from_str_radix(check, 16).is_ok_and(|c| c == crc32fast::hash(head.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_the_documented_shape() {
+        let key = ApiKey::generate().expect("rng");
+        let s = key.expose();
+        assert_eq!(s.len(), 67);
+        assert!(s.starts_with("uc_"));
+        assert!(
+            s[3..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert!(ApiKey::parse(s).is_some());
+        assert_eq!(key.preview(), format!("{}...{}", &s[..8], &s[63..]));
+    }
+
+    #[test]
+    fn a_single_changed_character_fails_the_checksum() {
+        let key = ApiKey::generate().expect("rng");
+        let mut s = key.expose().to_owned();
+        let flipped = if s.as_bytes()[10] == b'a' { "b" } else { "a" };
+        s.replace_range(10..11, flipped);
+        assert!(ApiKey::parse(&s).is_none());
+    }
+
+    #[test]
+    fn wrong_shapes_are_rejected() {
+        let key = ApiKey::generate().expect("rng");
+        let s = key.expose();
+        assert!(ApiKey::parse(&s.to_uppercase()).is_none());
+        assert!(ApiKey::parse(&s[..66]).is_none());
+        assert!(ApiKey::parse(&format!("xx_{}", &s[3..])).is_none());
+        assert!(ApiKey::parse("").is_none());
+    }
+
+    #[test]
+    fn debug_never_prints_the_key() {
+        let key = ApiKey::generate().expect("rng");
+        assert!(!format!("{key:?}").contains(key.expose()));
+    }
+}

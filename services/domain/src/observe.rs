@@ -1,0 +1,41 @@
+//! What the domain reports about its own work (VerifyKey outcomes, verdict-cache lookups, bcrypt
+//! times), without knowing who listens. The server installs an `Observer` that turns these into
+//! Prometheus metrics; with none installed they cost one atomic load.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Receives the domain's measurements. Labels are fixed strings, never a key or a user id.
+pub trait Observer: Send + Sync {
+    /// One VerifyKey answer: its reason (`VALID`, `REVOKED`, …) or error class.
+    fn verify_outcome(&self, outcome: &'static str);
+    /// One verdict-cache lookup: `hit`, `miss`, `stale` or `negative_hit`.
+    fn verify_cache(&self, result: &'static str);
+    /// One bcrypt run: `hash` or `verify`.
+    fn bcrypt(&self, operation: &'static str, took: Duration);
+}
+
+static OBSERVER: OnceLock<Box<dyn Observer>> = OnceLock::new();
+
+/// Installs the process's observer; the first one installed stays.
+pub fn install(observer: Box<dyn Observer>) {
+    let _ = OBSERVER.set(observer);
+}
+
+pub(crate) fn verify_outcome(outcome: &'static str) {
+    if let Some(o) = OBSERVER.get() {
+        o.verify_outcome(outcome);
+    }
+}
+
+pub(crate) fn verify_cache(result: &'static str) {
+    if let Some(o) = OBSERVER.get() {
+        o.verify_cache(result);
+    }
+}
+
+pub(crate) fn bcrypt(operation: &'static str, took: Duration) {
+    if let Some(o) = OBSERVER.get() {
+        o.bcrypt(operation, took);
+    }
+}

@@ -1,0 +1,490 @@
+//! The platform's own provider secrets behind PlatformKeyService: a catalog of known keys,
+//! values encrypted with the key ring and versioned, the environment as a fallback, an audit
+//! event for every change and every read, and a live feed of changes. Admins only.
+
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhouse_proto::v1 as pb;
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::caller::Caller;
+use crate::change_feed::{Change, ChangeFeed};
+use crate::crypto::fernet_ring::KeyRing;
+use crate::crypto::mask;
+use crate::entities::platform_settings;
+use crate::error::{Error, Result};
+use crate::paging::{self, Cursor};
+use crate::providers::{self, BaseUrls, Provider, catalog};
+use crate::storage::platform_keys::{self as store, NewVersion};
+use crate::storage::{audit, now};
+use crate::timestamp;
+
+pub const DECRYPT_WARNING: &str = "This is the full API key. Keep it secure.";
+const LIVE_TEST_TIMEOUT: Duration = Duration::from_secs(8);
+const MAX_REASON_LEN: usize = 500;
+
+/// Values of the catalog's environment variables, read once at start.
+#[derive(Clone, Default)]
+pub struct EnvFallback(HashMap<String, Zeroizing<String>>);
+
+impl EnvFallback {
+    pub fn from_process() -> Self {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let values = catalog::platform()
+            .filter_map(|spec| {
+                let value = lookup(spec.env_var?)?.trim().to_owned();
+                (!value.is_empty()).then(|| (spec.id.to_owned(), Zeroizing::new(value)))
+            })
+            .collect();
+        Self(values)
+    }
+
+    fn get(&self, name: &str) -> Option<&Zeroizing<String>> {
+        self.0.get(name)
+    }
+}
+
+impl std::fmt::Debug for EnvFallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Where a platform key's value comes from: a stored value wins over the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Database,
+    Environment,
+    NotSet,
+}
+
+impl Source {
+    pub fn of(stored: bool, in_environment: bool) -> Self {
+        match (stored, in_environment) {
+            (true, _) => Source::Database,
+            (false, true) => Source::Environment,
+            (false, false) => Source::NotSet,
+        }
+    }
+
+    /// The name the contract uses (`source` fields, audit details).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Database => "database",
+            Source::Environment => "environment",
+            Source::NotSet => "not_set",
+        }
+    }
+}
+
+/// Where the value of a key comes from right now.
+struct Current {
+    source: Source,
+    stored: Option<platform_settings::Model>,
+}
+
+#[derive(Clone)]
+pub struct PlatformKeys {
+    db: DatabaseConnection,
+    ring: KeyRing,
+    env: Arc<EnvFallback>,
+    urls: BaseUrls,
+    http: reqwest::Client,
+    feed: ChangeFeed,
+}
+
+impl PlatformKeys {
+    pub fn new(
+        db: DatabaseConnection,
+        ring: KeyRing,
+        env: EnvFallback,
+        urls: BaseUrls,
+        feed: ChangeFeed,
+    ) -> Result<Self> {
+        Ok(Self {
+            db,
+            ring,
+            env: Arc::new(env),
+            urls,
+            http: providers::http_client()?,
+            feed,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id()))]
+    pub async fn list(&self, caller: &Caller) -> Result<pb::ListPlatformKeysResponse> {
+        caller.require_admin()?;
+        let stored = store::all_current(&self.db).await?;
+        let previews = store::previews(&self.db, &stored).await?;
+        let keys = catalog::platform()
+            .map(|spec| {
+                let row = stored.iter().find(|r| r.key == spec.id);
+                let env = self.env.get(spec.id);
+                let source = Source::of(row.is_some(), env.is_some());
+                let key_preview = match (row, env) {
+                    (Some(row), _) => previews.get(&row.key).cloned().unwrap_or_default(),
+                    (None, Some(value)) => mask::preview(value),
+                    (None, None) => String::new(),
+                };
+                pb::PlatformKey {
+                    name: spec.id.into(),
+                    display_name: spec.display_name.into(),
+                    description: spec.description.into(),
+                    has_key: source != Source::NotSet,
+                    key_preview,
+                    last_updated: row.map(|r| timestamp(r.updated_at)),
+                    source: source.as_str().into(),
+                    version: row.map_or(0, |r| r.version),
+                    env_var: env_var(spec).into(),
+                }
+            })
+            .collect();
+        Ok(pb::ListPlatformKeysResponse { keys })
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        req: pb::UpdatePlatformKeyRequest,
+    ) -> Result<pb::UpdatePlatformKeyResponse> {
+        caller.require_admin()?;
+        let spec = spec(&req.name)?;
+        let value = Zeroizing::new(req.api_key.trim().to_owned());
+        if !spec.accepts(&value) {
+            return Err(crate::providers::bad_key_format(
+                "api_key",
+                spec.display_name,
+                spec.key_format,
+            ));
+        }
+        let preview = mask::preview(&value);
+        let version = self
+            .store_version(caller, spec, &value, None, "platform_key.update")
+            .await?;
+        tracing::info!(version, "platform key updated");
+        Ok(self.updated(spec, preview, version))
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        req: pb::RollbackPlatformKeyRequest,
+    ) -> Result<pb::UpdatePlatformKeyResponse> {
+        caller.require_admin()?;
+        let spec = spec(&req.name)?;
+        let old = store::version(&self.db, spec.id, req.version)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("version {} of {} not found", req.version, spec.id))
+            })?;
+        let value = self.ring.decrypt(&old.ciphertext)?;
+        let version = self
+            .store_version(
+                caller,
+                spec,
+                &value,
+                Some(req.version),
+                "platform_key.rollback",
+            )
+            .await?;
+        tracing::info!(version, from = req.version, "platform key rolled back");
+        Ok(self.updated(spec, old.key_preview, version))
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        req: pb::DeletePlatformKeyRequest,
+    ) -> Result<pb::DeletePlatformKeyResponse> {
+        caller.require_admin()?;
+        let spec = spec(&req.name)?;
+        let txn = crate::db::begin(&self.db).await?;
+        if !store::delete_current(&txn, spec.id).await? {
+            return Err(Error::NotFound(format!(
+                "{} has no stored value",
+                spec.display_name
+            )));
+        }
+        audit::record(&txn, caller, "platform_key.delete", spec.id, json!({})).await?;
+        self.feed
+            .commit(txn, &[Change::PlatformKey(spec.id.into())])
+            .await?;
+        let source = Source::of(false, self.env.get(spec.id).is_some());
+        Ok(pb::DeletePlatformKeyResponse {
+            success: true,
+            message: format!(
+                "{} deleted; {}",
+                spec.display_name,
+                match source {
+                    Source::Environment =>
+                        format!("{} from the environment applies again", env_var(spec)),
+                    _ => "it is not set now".to_owned(),
+                }
+            ),
+            source: source.as_str().into(),
+        })
+    }
+
+    /// Returns the secret only after its audit event is committed.
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
+    pub async fn decrypted(
+        &self,
+        caller: &Caller,
+        req: pb::GetDecryptedPlatformKeyRequest,
+    ) -> Result<pb::GetDecryptedPlatformKeyResponse> {
+        caller.require_admin()?;
+        let spec = spec(&req.name)?;
+        let reason = req.reason.trim();
+        if reason.chars().count() > MAX_REASON_LEN {
+            return Err(Error::invalid(
+                "reason",
+                format!("reason must be at most {MAX_REASON_LEN} characters"),
+            ));
+        }
+        let current = self.current(spec).await?;
+        let value = self
+            .reveal(spec, &current)?
+            .ok_or_else(|| not_configured(spec))?;
+        let txn = crate::db::begin(&self.db).await?;
+        audit::record(
+            &txn,
+            caller,
+            "platform_key.decrypt",
+            spec.id,
+            json!({
+                "source": current.source.as_str(),
+                "version": current.stored.as_ref().map(|s| s.version),
+                "reason": reason,
+            }),
+        )
+        .await?;
+        txn.commit().await?;
+        tracing::info!(
+            source = current.source.as_str(),
+            "platform key decrypted for an admin"
+        );
+        Ok(pb::GetDecryptedPlatformKeyResponse {
+            api_key: value.to_string(),
+            source: current.source.as_str().into(),
+            warning: DECRYPT_WARNING.into(),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
+    pub async fn versions(
+        &self,
+        caller: &Caller,
+        req: pb::ListPlatformKeyVersionsRequest,
+    ) -> Result<pb::ListPlatformKeyVersionsResponse> {
+        caller.require_admin()?;
+        let spec = spec(&req.name)?;
+        let current = store::current(&self.db, spec.id).await?.map(|r| r.version);
+        let versions = store::versions(&self.db, spec.id)
+            .await?
+            .into_iter()
+            .map(|v| pb::PlatformKeyVersion {
+                version: v.version,
+                key_preview: v.key_preview,
+                created_by: v.created_by,
+                created_at: Some(timestamp(v.created_at)),
+                is_current: current == Some(v.version),
+                rolled_back_from: v.rolled_back_from.unwrap_or_default(),
+            })
+            .collect();
+        Ok(pb::ListPlatformKeyVersionsResponse { versions })
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
+    pub async fn test(
+        &self,
+        caller: &Caller,
+        req: pb::TestPlatformKeyRequest,
+    ) -> Result<pb::TestPlatformKeyResponse> {
+        caller.require_admin()?;
+        let spec = spec(&req.name)?;
+        let live = spec.live_test.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{} has no live test: keyhouse cannot check it against a provider",
+                spec.display_name
+            ))
+        })?;
+        let current = self.current(spec).await?;
+        let value = self
+            .reveal(spec, &current)?
+            .ok_or_else(|| not_configured(spec))?;
+        let base = self.urls.get(spec.id, spec.base_url);
+        let outcome = providers::run(&self.http, base, live, &value, LIVE_TEST_TIMEOUT).await;
+        let txn = crate::db::begin(&self.db).await?;
+        audit::record(
+            &txn,
+            caller,
+            "platform_key.test",
+            spec.id,
+            json!({
+                "source": current.source.as_str(), "ok": outcome.ok, "status_code": outcome.status_code,
+            }),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(pb::TestPlatformKeyResponse {
+            ok: outcome.ok,
+            status_code: outcome.status_code,
+            latency_ms: outcome.latency_ms,
+            detail: outcome.detail,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id()))]
+    pub async fn audit_events(
+        &self,
+        caller: &Caller,
+        req: pb::ListAuditEventsRequest,
+    ) -> Result<pb::ListAuditEventsResponse> {
+        caller.require_admin()?;
+        let limit = paging::page_size(req.page_size)?;
+        let after = Cursor::decode(&req.page_token)?;
+        let some = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        let filter = audit::Filter {
+            actor: some(req.actor),
+            action: some(req.action),
+            target: some(req.target),
+            since: req
+                .since
+                .map(|t| crate::from_timestamp(&t, "since"))
+                .transpose()?,
+            until: req
+                .until
+                .map(|t| crate::from_timestamp(&t, "until"))
+                .transpose()?,
+        };
+        let rows = audit::list(&self.db, &filter, after, limit).await?;
+        let (rows, next_page_token) = paging::split_page(rows, limit, |r| Cursor {
+            at: r.occurred_at,
+            id: r.id,
+        });
+        let events = rows
+            .into_iter()
+            .map(|e| pb::AuditEvent {
+                id: e.id.to_string(),
+                occurred_at: Some(timestamp(e.occurred_at)),
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                request_id: e.request_id,
+                details_json: e.details.to_string(),
+            })
+            .collect();
+        Ok(pb::ListAuditEventsResponse {
+            events,
+            next_page_token,
+        })
+    }
+
+    async fn store_version(
+        &self,
+        caller: &Caller,
+        spec: &Provider,
+        value: &str,
+        rolled_back_from: Option<i64>,
+        action: &str,
+    ) -> Result<i64> {
+        let preview = mask::preview(value);
+        let txn = crate::db::begin(&self.db).await?;
+        let version = store::store(
+            &txn,
+            NewVersion {
+                name: spec.id,
+                ciphertext: self.ring.encrypt(value),
+                key_preview: preview.clone(),
+                created_by: caller.user_id(),
+                rolled_back_from,
+                at: now(),
+            },
+        )
+        .await?;
+        audit::record(
+            &txn,
+            caller,
+            action,
+            spec.id,
+            json!({
+                "version": version, "key_preview": preview, "rolled_back_from": rolled_back_from,
+            }),
+        )
+        .await?;
+        self.feed
+            .commit(txn, &[Change::PlatformKey(spec.id.into())])
+            .await?;
+        Ok(version)
+    }
+
+    fn updated(
+        &self,
+        spec: &Provider,
+        key_preview: String,
+        version: i64,
+    ) -> pb::UpdatePlatformKeyResponse {
+        let mut next_steps = Vec::new();
+        if spec.live_test.is_some() {
+            next_steps.push(format!("Check it against the provider: TestPlatformKey (POST /api/v1/admin/platform-keys/{}/test)", spec.id));
+        }
+        next_steps.push("Services subscribed to WatchPlatformKeys receive the new value now; others read it on their next start".into());
+        pb::UpdatePlatformKeyResponse {
+            success: true,
+            message: format!("{} updated successfully", spec.display_name),
+            key_preview,
+            version,
+            next_steps,
+        }
+    }
+
+    async fn current(&self, spec: &Provider) -> Result<Current> {
+        let stored = store::current(&self.db, spec.id).await?;
+        let source = Source::of(stored.is_some(), self.env.get(spec.id).is_some());
+        Ok(Current { source, stored })
+    }
+
+    fn reveal(&self, spec: &Provider, current: &Current) -> Result<Option<Zeroizing<String>>> {
+        match &current.stored {
+            Some(row) => self.ring.decrypt(&row.value).map(Some),
+            None => Ok(self.env.get(spec.id).cloned()),
+        }
+    }
+}
+
+fn spec(name: &str) -> Result<&'static Provider> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid("name", "name is required"));
+    }
+    catalog::find(name.trim())
+        .filter(|p| p.env_var.is_some())
+        .ok_or_else(|| {
+            let known: Vec<_> = catalog::platform().map(|s| s.id).collect();
+            Error::NotFound(format!(
+                "unknown platform key '{}'; known keys: {}",
+                name.trim(),
+                known.join(", ")
+            ))
+        })
+}
+
+fn not_configured(spec: &Provider) -> Error {
+    Error::NotFound(format!("{} not configured", spec.display_name))
+}
+
+/// The variable a platform key falls back to; every platform entry of the catalog names one.
+fn env_var(spec: &Provider) -> &'static str {
+    spec.env_var.unwrap_or_default()
+}

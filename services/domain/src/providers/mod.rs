@@ -1,0 +1,204 @@
+//! Providers, shared by platform keys and BYOK: the one catalog, the shape check of their keys,
+//! and live checks (one cheap authenticated request, timed). Base URLs come from configuration
+//! so that tests (and closed networks) can point them elsewhere. Neither the key nor a URL that
+//! could carry it is ever logged.
+
+pub mod catalog;
+
+pub use catalog::Provider;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// The key in the named header.
+    Header(&'static str),
+}
+
+/// The request that proves a key works.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveTest {
+    pub post: bool,
+    pub path: &'static str,
+    pub auth: Auth,
+    pub headers: &'static [(&'static str, &'static str)],
+    pub json_body: Option<&'static str>,
+}
+
+impl LiveTest {
+    pub const fn get(path: &'static str, auth: Auth) -> Self {
+        Self {
+            post: false,
+            path,
+            auth,
+            headers: &[],
+            json_body: None,
+        }
+    }
+}
+
+/// Anthropic has no free authenticated endpoint: the cheapest check is a one-token message.
+pub const ANTHROPIC_MESSAGES: LiveTest = LiveTest {
+    post: true,
+    path: "/v1/messages",
+    auth: Auth::Header("x-api-key"),
+    headers: &[("anthropic-version", "2023-06-01")],
+    json_body: Some(
+        r#"{"model":"claude-3-5-haiku-latest","max_tokens":1,"messages":[{"role":"user","content":"ping"}]}"#,
+    ),
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The provider accepted the key (2xx).
+    pub ok: bool,
+    /// 0 when the provider did not answer.
+    pub status_code: i32,
+    pub latency_ms: i64,
+    pub detail: String,
+    /// The provider answered that the key is not valid (401/403).
+    pub rejected: bool,
+}
+
+/// Runs `test` against `base_url` with `key`, within `timeout`.
+pub async fn run(
+    client: &reqwest::Client,
+    base_url: &str,
+    test: &LiveTest,
+    key: &str,
+    timeout: Duration,
+) -> Outcome {
+    let url = format!("{}{}", base_url.trim_end_matches('/'), test.path);
+    let mut req = if test.post {
+        client.post(&url)
+    } else {
+        client.get(&url)
+    };
+    req = match test.auth {
+        Auth::Bearer => req.bearer_auth(key),
+        Auth::Header(name) => match reqwest::header::HeaderValue::from_str(key) {
+            // Sensitive, like `bearer_auth`'s: never shown by a Debug print of the request.
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                req.header(name, value)
+            }
+            Err(_) => req.header(name, key),
+        },
+    };
+    for (name, value) in test.headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(body) = test.json_body {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let started = Instant::now();
+    let result = req.timeout(timeout).send().await;
+    let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    match result {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let (ok, rejected, detail) = match code {
+                200..=299 => (true, false, "key accepted".to_owned()),
+                401 | 403 => (
+                    false,
+                    true,
+                    format!("the provider rejected the key (HTTP {code})"),
+                ),
+                _ => (false, false, format!("the provider answered HTTP {code}")),
+            };
+            Outcome {
+                ok,
+                status_code: i32::from(code),
+                latency_ms,
+                detail,
+                rejected,
+            }
+        }
+        Err(e) => {
+            // reqwest's error text can include the URL; only the kind is reported.
+            let detail = if e.is_timeout() {
+                format!("no answer within {} s", timeout.as_secs())
+            } else if e.is_connect() {
+                "could not connect to the provider".to_owned()
+            } else {
+                "the request to the provider failed".to_owned()
+            };
+            Outcome {
+                ok: false,
+                status_code: 0,
+                latency_ms,
+                detail,
+                rejected: false,
+            }
+        }
+    }
+}
+
+/// Provider base URLs: the catalog's defaults, overridden by `name=url` pairs from
+/// `KEYHOUSE_PROVIDER_BASE_URLS`.
+#[derive(Clone, Debug, Default)]
+pub struct BaseUrls(HashMap<String, String>);
+
+impl BaseUrls {
+    pub fn parse(pairs: &[String]) -> Result<Self> {
+        let mut map = HashMap::new();
+        for pair in pairs.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            let (name, url) = pair.split_once('=').ok_or_else(|| {
+                Error::invalid(
+                    "KEYHOUSE_PROVIDER_BASE_URLS",
+                    format!("KEYHOUSE_PROVIDER_BASE_URLS: '{pair}' is not name=url"),
+                )
+            })?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::invalid(
+                    "KEYHOUSE_PROVIDER_BASE_URLS",
+                    format!(
+                        "KEYHOUSE_PROVIDER_BASE_URLS: the URL for '{name}' must start with http:// or https://"
+                    ),
+                ));
+            }
+            map.insert(name.trim().to_owned(), url.trim().to_owned());
+        }
+        Ok(Self(map))
+    }
+
+    pub fn get<'a>(&'a self, name: &str, default: &'a str) -> &'a str {
+        self.0.get(name).map_or(default, String::as_str)
+    }
+}
+
+/// The fewest characters a provider key may have.
+pub const MIN_KEY_LEN: usize = 10;
+
+/// Whether `key` can be a provider key: long enough, visible ASCII only (it travels in an HTTP
+/// header, and a control character would not survive storage), starting with one of `prefixes`
+/// (any start when empty) and not with `not_prefix`, which belongs to another provider.
+pub fn key_shaped(key: &str, prefixes: &[&str], not_prefix: Option<&str>) -> bool {
+    key.len() >= MIN_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic())
+        && (prefixes.is_empty() || prefixes.iter().any(|p| key.starts_with(p)))
+        && !not_prefix.is_some_and(|p| key.starts_with(p))
+}
+
+/// The error for a `field` that is not shaped like a `provider` key, which looks like `hint`.
+pub fn bad_key_format(field: &'static str, provider: &str, hint: &str) -> Error {
+    Error::invalid(
+        field,
+        format!(
+            "Invalid {provider} API key format. Expected format: {hint} (at least {MIN_KEY_LEN} characters)"
+        ),
+    )
+}
+
+pub fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("keyhouse/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(Error::internal)
+}

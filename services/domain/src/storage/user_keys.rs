@@ -1,0 +1,192 @@
+//! Queries over `user_api_keys`. Every lookup is scoped to its owner: another user's key is
+//! simply not found.
+
+use chrono::{DateTime, DurationRound, Utc};
+use sea_orm::sea_query::{Condition, Expr};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use uuid::Uuid;
+
+use crate::entities::user_api_keys::{self, ActiveModel, Column, Entity, Model};
+use crate::error::Result;
+use crate::paging::{self, Cursor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl Status {
+    pub fn of(key: &Model, now: DateTime<Utc>) -> Self {
+        if !key.is_active {
+            Status::Revoked
+        } else if key.expires_at.is_some_and(|at| at <= now) {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Status::Active),
+            "expired" => Some(Status::Expired),
+            "revoked" => Some(Status::Revoked),
+            _ => None,
+        }
+    }
+
+    fn condition(self, now: DateTime<Utc>) -> Condition {
+        match self {
+            Status::Revoked => Condition::all().add(Column::IsActive.eq(false)),
+            Status::Expired => Condition::all()
+                .add(Column::IsActive.eq(true))
+                .add(Column::ExpiresAt.lte(now)),
+            Status::Active => Condition::all().add(Column::IsActive.eq(true)).add(
+                Condition::any()
+                    .add(Column::ExpiresAt.is_null())
+                    .add(Column::ExpiresAt.gt(now)),
+            ),
+        }
+    }
+}
+
+#[tracing::instrument(name = "user_keys.insert", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn insert(conn: &impl ConnectionTrait, key: ActiveModel) -> Result<Model> {
+    Ok(Entity::insert(key).exec_with_returning(conn).await?)
+}
+
+#[tracing::instrument(name = "user_keys.find_owned", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn find_owned(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    id: Uuid,
+) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id)
+        .filter(Column::UserId.eq(user_id))
+        .one(conn)
+        .await?)
+}
+
+/// One page of a user's keys, newest first; `limit + 1` rows are read to know if more follow.
+#[tracing::instrument(name = "user_keys.list_page", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn list_page(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    status: Option<Status>,
+    after: Option<Cursor>,
+    limit: u64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Model>> {
+    let mut query = Entity::find().filter(Column::UserId.eq(user_id));
+    if let Some(status) = status {
+        query = query.filter(status.condition(now));
+    }
+    Ok(
+        paging::keyset(query, Column::CreatedAt, Column::Id, after, limit)
+            .all(conn)
+            .await?,
+    )
+}
+
+/// Marks an active key revoked; returns whether a row changed.
+#[tracing::instrument(name = "user_keys.revoke", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn revoke(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let res = Entity::update_many()
+        .col_expr(Column::IsActive, Expr::value(false))
+        .col_expr(Column::RevokedAt, Expr::value(now))
+        .filter(Column::Id.eq(id))
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::IsActive.eq(true))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// The parts of a new secret that are stored.
+pub struct NewSecret {
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub key_last4: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Swaps the secret of an active key; returns the updated row, or `None` when the key is not
+/// the caller's or is no longer active.
+#[tracing::instrument(name = "user_keys.replace_secret", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn replace_secret(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    id: Uuid,
+    secret: NewSecret,
+) -> Result<Option<Model>> {
+    let res = Entity::update_many()
+        .set(user_api_keys::ActiveModel {
+            key_hash: Set(secret.key_hash),
+            key_prefix: Set(secret.key_prefix),
+            key_last4: Set(secret.key_last4),
+            expires_at: Set(secret.expires_at),
+            ..Default::default()
+        })
+        .filter(Column::Id.eq(id))
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::IsActive.eq(true))
+        .exec(conn)
+        .await?;
+    if res.rows_affected != 1 {
+        return Ok(None);
+    }
+    find_owned(conn, user_id, id).await
+}
+
+/// Every key (any owner, any state) whose lookup prefix matches: almost always one.
+#[tracing::instrument(name = "user_keys.find_by_prefix", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn find_by_prefix(conn: &impl ConnectionTrait, prefix: &str) -> Result<Vec<Model>> {
+    Ok(Entity::find()
+        .filter(Column::KeyPrefix.eq(prefix))
+        .all(conn)
+        .await?)
+}
+
+/// Any key by id, whoever owns it: for admins only.
+#[tracing::instrument(name = "user_keys.find", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id).one(conn).await?)
+}
+
+/// A key's hourly usage in `[from, to)`, oldest first.
+#[tracing::instrument(name = "user_keys.usage", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn usage(
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<crate::entities::api_key_usage_hourly::Model>> {
+    use crate::entities::api_key_usage_hourly as usage;
+    Ok(usage::Entity::find()
+        .filter(usage::Column::KeyId.eq(id))
+        .filter(
+            usage::Column::Hour.gte(
+                from.duration_trunc(chrono::TimeDelta::hours(1))
+                    .unwrap_or(from),
+            ),
+        )
+        .filter(usage::Column::Hour.lt(to))
+        .order_by_asc(usage::Column::Hour)
+        .all(conn)
+        .await?)
+}

@@ -1,0 +1,422 @@
+//! The user API key operations behind UserKeyService: validation, the rules of the issue
+//! tracker's contract, storage and audit in one transaction. Transports only translate.
+
+use chrono::{DateTime, Duration, Utc};
+use keyhouse_proto::v1 as pb;
+use sea_orm::{DatabaseConnection, Set};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::caller::{Caller, Role};
+use crate::change_feed::{Change, ChangeFeed};
+use crate::config::{DEFAULT_EXPIRY_DAYS, DEFAULT_KEY_PERMISSIONS, KeyPolicy, MAX_EXPIRY_DAYS};
+use crate::crypto::api_key::ApiKey;
+use crate::crypto::mask;
+use crate::entities::user_api_keys;
+use crate::error::{Error, Result};
+use crate::paging::{self, Cursor};
+use crate::storage::user_keys::{self as store, NewSecret, Status};
+use crate::storage::{audit, now};
+use crate::timestamp;
+use crate::verify::{Verifier, parse_network};
+
+pub const CREATE_WARNING: &str = "Save this API key now. You won't be able to see it again.";
+pub const REGENERATE_WARNING: &str =
+    "Key regenerated! Save this new API key now. The old key is now invalid.";
+
+const MAX_RATE_LIMIT: i32 = 1_000_000;
+const MAX_ALLOWED_NETWORKS: usize = 100;
+
+#[derive(Clone)]
+pub struct UserKeys {
+    db: DatabaseConnection,
+    policy: KeyPolicy,
+    feed: ChangeFeed,
+    verifier: Verifier,
+}
+
+impl UserKeys {
+    pub fn new(
+        db: DatabaseConnection,
+        policy: KeyPolicy,
+        feed: ChangeFeed,
+        verifier: Verifier,
+    ) -> Self {
+        Self {
+            db,
+            policy,
+            feed,
+            verifier,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), request_id = %caller.request_id))]
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        req: pb::CreateKeyRequest,
+    ) -> Result<pb::IssuedKey> {
+        let name = validate_name(&req.name)?;
+        let now = now();
+        let expires_at = self.expiry(req.expires_in_days, now)?;
+        let permissions = self.permissions(req.permissions)?;
+        let rate_limit = match req.rate_limit_per_minute {
+            None => None,
+            Some(n @ 1..=MAX_RATE_LIMIT) => Some(n),
+            Some(n) => {
+                return Err(Error::invalid(
+                    "rate_limit_per_minute",
+                    format!(
+                        "rate_limit_per_minute must be between 1 and {MAX_RATE_LIMIT}, got {n}"
+                    ),
+                ));
+            }
+        };
+        let allowed_ips = allowed_networks(&req.allowed_ips)?;
+        let key = ApiKey::generate()?;
+        let key_hash = key.hash(self.policy.bcrypt_cost).await?;
+
+        let id = Uuid::new_v4();
+        let txn = crate::db::begin(&self.db).await?;
+        let row = store::insert(
+            &txn,
+            user_api_keys::ActiveModel {
+                id: Set(id),
+                user_id: Set(caller.user_id().to_owned()),
+                key_name: Set(name),
+                key_hash: Set(key_hash),
+                key_prefix: Set(key.lookup_prefix().to_owned()),
+                key_last4: Set(key.last4().to_owned()),
+                permissions: Set(json!(permissions)),
+                created_at: Set(now),
+                last_used: Set(None),
+                expires_at: Set(expires_at),
+                is_active: Set(true),
+                revoked_at: Set(None),
+                metadata: Set(json!({})),
+                rate_limit_per_minute: Set(rate_limit),
+                allowed_ips: Set(allowed_ips.map(|a| json!(a))),
+            },
+        )
+        .await?;
+        audit::record(
+            &txn,
+            caller,
+            "user_key.create",
+            &id.to_string(),
+            json!({
+                "key_name": row.key_name, "permissions": permissions, "key_preview": key.preview(),
+            }),
+        )
+        .await?;
+        txn.commit().await?;
+        tracing::info!(key_id = %id, "API key created");
+        Ok(issued(&row, &key, CREATE_WARNING))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id()))]
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        req: pb::ListKeysRequest,
+    ) -> Result<pb::ListKeysResponse> {
+        let limit = paging::page_size(req.page_size)?;
+        let status = match req.status.trim() {
+            "" => None,
+            s => Some(Status::parse(s).ok_or_else(|| {
+                Error::invalid("status", "status must be one of active, expired, revoked")
+            })?),
+        };
+        let after = Cursor::decode(&req.page_token)?;
+        let now = now();
+        let rows = store::list_page(&self.db, caller.user_id(), status, after, limit, now).await?;
+        let (rows, next_page_token) = paging::split_page(rows, limit, |r| Cursor {
+            at: r.created_at,
+            id: r.id,
+        });
+        Ok(pb::ListKeysResponse {
+            keys: rows.iter().map(|r| listed(r, now)).collect(),
+            next_page_token,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id()))]
+    pub async fn get(&self, caller: &Caller, req: pb::GetKeyRequest) -> Result<pb::ApiKey> {
+        let id = parse_key_id(&req.key_id)?;
+        let row = self.find(caller, id).await?;
+        Ok(listed(&row, now()))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), request_id = %caller.request_id))]
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        req: pb::RevokeKeyRequest,
+    ) -> Result<pb::RevokeKeyResponse> {
+        let id = parse_key_id(&req.key_id)?;
+        let txn = crate::db::begin(&self.db).await?;
+        if store::find_owned(&txn, caller.user_id(), id)
+            .await?
+            .is_none()
+        {
+            return Err(not_found());
+        }
+        if store::revoke(&txn, caller.user_id(), id, now()).await? {
+            audit::record(&txn, caller, "user_key.revoke", &id.to_string(), json!({})).await?;
+            self.commit_change(txn, id).await?;
+            tracing::info!(key_id = %id, "API key revoked");
+        } else {
+            txn.commit().await?;
+        }
+        Ok(pb::RevokeKeyResponse {
+            success: true,
+            message: "API key revoked successfully".into(),
+            key_id: id.to_string(),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), request_id = %caller.request_id))]
+    pub async fn regenerate(
+        &self,
+        caller: &Caller,
+        req: pb::RegenerateKeyRequest,
+    ) -> Result<pb::IssuedKey> {
+        let id = parse_key_id(&req.key_id)?;
+        let expires_at = self.expiry(req.expires_in_days, now())?;
+        let current = self.find(caller, id).await?;
+        if !current.is_active {
+            return Err(revoked());
+        }
+        let key = ApiKey::generate()?;
+        let secret = NewSecret {
+            key_hash: key.hash(self.policy.bcrypt_cost).await?,
+            key_prefix: key.lookup_prefix().to_owned(),
+            key_last4: key.last4().to_owned(),
+            expires_at,
+        };
+        let txn = crate::db::begin(&self.db).await?;
+        // A revoke that landed while bcrypt ran wins: the update only touches an active key.
+        let row = store::replace_secret(&txn, caller.user_id(), id, secret)
+            .await?
+            .ok_or_else(revoked)?;
+        audit::record(
+            &txn,
+            caller,
+            "user_key.regenerate",
+            &id.to_string(),
+            json!({
+                "key_preview": key.preview(),
+            }),
+        )
+        .await?;
+        self.commit_change(txn, id).await?;
+        tracing::info!(key_id = %id, "API key regenerated");
+        Ok(issued(&row, &key, REGENERATE_WARNING))
+    }
+
+    /// Verification counts per hour of a key: the owner's, or any key for an admin.
+    #[tracing::instrument(skip_all, fields(user_id = %caller.user_id()))]
+    pub async fn usage(
+        &self,
+        caller: &Caller,
+        req: pb::GetKeyUsageRequest,
+    ) -> Result<pb::GetKeyUsageResponse> {
+        let id = parse_key_id(&req.key_id)?;
+        let to = match &req.to {
+            Some(t) => crate::from_timestamp(t, "to")?,
+            None => now(),
+        };
+        let from = match &req.from {
+            Some(t) => crate::from_timestamp(t, "from")?,
+            None => to - Duration::days(30),
+        };
+        if from >= to {
+            return Err(Error::invalid("from", "from must be before to"));
+        }
+        // Counts before the key's row: a flush that lands in between then shows in both.
+        let hours = store::usage(&self.db, id, from, to).await?;
+        let row = match caller.principal.role {
+            Role::Admin => store::find(&self.db, id).await?.ok_or_else(not_found)?,
+            Role::User => self.find(caller, id).await?,
+        };
+        Ok(pb::GetKeyUsageResponse {
+            key_id: id.to_string(),
+            total_requests: hours.iter().map(|h| h.requests).sum(),
+            hours: hours
+                .iter()
+                .map(|h| pb::HourlyUsage {
+                    hour: Some(timestamp(h.hour)),
+                    requests: h.requests,
+                })
+                .collect(),
+            last_used: row.last_used.map(timestamp),
+        })
+    }
+
+    /// Commits a change to a key and makes every replica forget its cached verdict: this one
+    /// at once, the others through the change feed.
+    async fn commit_change(&self, txn: sea_orm::DatabaseTransaction, id: Uuid) -> Result<()> {
+        self.feed.commit(txn, &[Change::UserKey(id)]).await?;
+        self.verifier.invalidate(id);
+        Ok(())
+    }
+
+    async fn find(&self, caller: &Caller, id: Uuid) -> Result<user_api_keys::Model> {
+        store::find_owned(&self.db, caller.user_id(), id)
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    fn expiry(&self, days: Option<i32>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        match days.unwrap_or(DEFAULT_EXPIRY_DAYS) {
+            0 if self.policy.allow_non_expiring_keys => Ok(None),
+            0 => Err(Error::invalid(
+                "expires_in_days",
+                format!(
+                    "expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}: keys that never expire are not allowed on this server"
+                ),
+            )),
+            d @ 1..=MAX_EXPIRY_DAYS => Ok(Some(now + Duration::days(i64::from(d)))),
+            d => Err(Error::invalid(
+                "expires_in_days",
+                format!("expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}, got {d}"),
+            )),
+        }
+    }
+
+    fn permissions(&self, requested: Vec<String>) -> Result<Vec<String>> {
+        if requested.is_empty() {
+            return Ok(DEFAULT_KEY_PERMISSIONS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect());
+        }
+        let mut granted: Vec<String> = Vec::with_capacity(requested.len());
+        for scope in requested {
+            if scope.trim().is_empty() {
+                return Err(Error::invalid(
+                    "permissions",
+                    "permissions must not contain an empty scope",
+                ));
+            }
+            if !self.policy.scopes.contains(&scope) {
+                return Err(Error::invalid(
+                    "permissions",
+                    format!(
+                        "permissions: unknown scope '{scope}'; known scopes: {}",
+                        self.policy.scopes.join(", ")
+                    ),
+                ));
+            }
+            if granted.contains(&scope) {
+                return Err(Error::invalid(
+                    "permissions",
+                    format!("permissions: duplicate scope '{scope}'"),
+                ));
+            }
+            granted.push(scope);
+        }
+        Ok(granted)
+    }
+}
+
+fn validate_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    let len = name.chars().count();
+    if !(1..=255).contains(&len) {
+        return Err(Error::invalid(
+            "name",
+            format!("name must be 1-255 characters after trimming, got {len}"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            "name must not contain control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+pub fn parse_key_id(key_id: &str) -> Result<Uuid> {
+    Uuid::parse_str(key_id.trim()).map_err(|_| Error::invalid("key_id", "invalid key_id format"))
+}
+
+fn allowed_networks(requested: &[String]) -> Result<Option<Vec<String>>> {
+    if requested.is_empty() {
+        return Ok(None);
+    }
+    if requested.len() > MAX_ALLOWED_NETWORKS {
+        return Err(Error::invalid(
+            "allowed_ips",
+            format!("allowed_ips may hold at most {MAX_ALLOWED_NETWORKS} networks"),
+        ));
+    }
+    requested
+        .iter()
+        .map(|cidr| {
+            parse_network(cidr)
+                .map(|net| net.to_string())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "allowed_ips",
+                        format!("allowed_ips: '{cidr}' is not an IP network (CIDR) or address"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn not_found() -> Error {
+    Error::NotFound("API key not found".into())
+}
+
+fn revoked() -> Error {
+    Error::FailedPrecondition("Cannot regenerate a revoked key. Generate a new key instead.".into())
+}
+
+fn permissions_of(row: &user_api_keys::Model) -> Vec<String> {
+    serde_json::from_value(row.permissions.clone()).unwrap_or_default()
+}
+
+fn preview_of(row: &user_api_keys::Model) -> String {
+    mask::preview_parts(
+        &row.key_prefix,
+        &row.key_last4,
+        crate::crypto::api_key::KEY_LEN,
+    )
+}
+
+fn issued(row: &user_api_keys::Model, key: &ApiKey, warning: &str) -> pb::IssuedKey {
+    pb::IssuedKey {
+        key_id: row.id.to_string(),
+        api_key: key.expose().to_owned(),
+        key_name: row.key_name.clone(),
+        key_preview: key.preview(),
+        permissions: permissions_of(row),
+        created_at: Some(timestamp(row.created_at)),
+        expires_at: row.expires_at.map(timestamp),
+        warning: warning.to_owned(),
+    }
+}
+
+fn listed(row: &user_api_keys::Model, now: DateTime<Utc>) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: row.id.to_string(),
+        key_name: row.key_name.clone(),
+        key_preview: preview_of(row),
+        permissions: permissions_of(row),
+        created_at: Some(timestamp(row.created_at)),
+        last_used: row.last_used.map(timestamp),
+        expires_at: row.expires_at.map(timestamp),
+        is_active: row.is_active,
+        status: Status::of(row, now).as_str().to_owned(),
+        rate_limit_per_minute: row.rate_limit_per_minute,
+        allowed_ips: row
+            .allowed_ips
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,567 @@
+//! VerifyKey, the gateway's hot path. In order: the key's shape and checksum (no storage); the
+//! verdict cache, keyed by the key's SHA-256; a short negative cache for unknown keys; and on a
+//! miss one prefix lookup and one bcrypt, shared by every concurrent request for the same key.
+//! Revoke, regenerate and expiry take effect at once: expiry is checked on every hit, and a
+//! change invalidates the key's cached verdict here and, through the change feed, on every
+//! other replica. The cache's time to live is only a safety net.
+
+pub mod cache;
+mod rate_limit;
+mod usage;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ipnet::IpNet;
+use keyhouse_proto::v1 as pb;
+use keyhouse_proto::v1::verify_key_response::Reason;
+use sea_orm::DatabaseConnection;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{OnceCell, broadcast};
+use uuid::Uuid;
+
+use crate::change_feed::{Change, ChangeFeed};
+use crate::config::VerifySettings;
+use crate::crypto::api_key::ApiKey;
+use crate::entities::user_api_keys;
+use crate::error::{Error, Result};
+use crate::storage::user_keys as store;
+
+use cache::{Cache, Digest};
+pub use rate_limit::RateLimiter;
+pub use usage::UsageRecorder;
+
+/// What the cache keeps of a key: enough to answer without storage.
+#[derive(Debug)]
+pub struct KeyInfo {
+    pub key_id: Uuid,
+    pub user_id: Box<str>,
+    /// Bit i set: the key holds scope i of the registry.
+    scopes: u64,
+    expires_at: Option<i64>,
+    revoked: bool,
+    rate_limit: Option<u32>,
+    allowed: Option<Box<[IpNet]>>,
+    /// Identifies the stored hash the presented key was checked against.
+    hash_tag: u64,
+}
+
+enum Cached {
+    None,
+    Fresh(Arc<KeyInfo>),
+    Stale(Arc<KeyInfo>),
+}
+
+fn hash_tag(key_hash: &str) -> u64 {
+    let digest = Sha256::digest(key_hash.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
+impl KeyInfo {
+    /// An active key without limits: what most cached entries look like (benchmarks size the
+    /// cache with these).
+    pub fn active(key_id: Uuid, user_id: &str, scopes: u64, expires_at: Option<i64>) -> Self {
+        Self {
+            key_id,
+            user_id: user_id.into(),
+            scopes,
+            expires_at,
+            revoked: false,
+            rate_limit: None,
+            allowed: None,
+            hash_tag: 0,
+        }
+    }
+}
+
+/// A lookup's outcome, shared by every request that waited for it.
+type Lookup = std::result::Result<Option<Arc<KeyInfo>>, Arc<Error>>;
+
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    registry: Vec<String>,
+    found: Cache<Arc<KeyInfo>>,
+    unknown: Cache<()>,
+    invalidated: RwLock<HashMap<Uuid, Instant>>,
+    /// When the latest invalidation happened, as nanoseconds after `epoch` (0: never). An entry
+    /// cached after it cannot be stale, so the hot path skips the lock for it.
+    last_invalidation: AtomicU64,
+    /// When the cache was last emptied because changes may have been missed (same unit): an
+    /// entry whose lookup began before it may hold what those changes undid.
+    resynced: AtomicU64,
+    epoch: Instant,
+    inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
+    limiter: RateLimiter,
+    usage: UsageRecorder,
+    bcrypt_runs: AtomicU64,
+    ttl: Duration,
+}
+
+impl Inner {
+    /// `at` as nanoseconds after the verifier started, never 0.
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+impl Verifier {
+    /// Builds the verifier, and starts listening for changes made elsewhere and flushing usage.
+    pub async fn start(
+        db: DatabaseConnection,
+        scopes: &[String],
+        settings: &VerifySettings,
+        feed: &ChangeFeed,
+    ) -> Result<Self> {
+        let ttl = Duration::from_secs(settings.cache_ttl_secs.max(1));
+        let inner = Arc::new(Inner {
+            // At most 64 (`KeyPolicy::validate`); the bound keeps the bit arithmetic safe anyway.
+            registry: scopes.iter().take(64).cloned().collect(),
+            found: Cache::new(settings.cache_max_entries, ttl),
+            unknown: Cache::new(
+                settings.negative_cache_max_entries,
+                Duration::from_secs(settings.negative_cache_ttl_secs.max(1)),
+            ),
+            invalidated: RwLock::new(HashMap::new()),
+            last_invalidation: AtomicU64::new(0),
+            resynced: AtomicU64::new(0),
+            epoch: Instant::now(),
+            inflight: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::new(settings.redis_url.as_deref()).await?,
+            usage: UsageRecorder::default(),
+            bcrypt_runs: AtomicU64::new(0),
+            ttl,
+            db,
+        });
+        tokio::spawn(listen(Arc::downgrade(&inner), feed.subscribe()));
+        tokio::spawn(flush_usage(
+            Arc::downgrade(&inner),
+            Duration::from_millis(settings.usage_flush_millis.max(10)),
+        ));
+        Ok(Self { inner })
+    }
+
+    /// The bcrypt verifications this verifier has run: what the cache saves is visible here.
+    pub fn bcrypt_runs(&self) -> u64 {
+        self.inner.bcrypt_runs.load(Ordering::Relaxed)
+    }
+
+    /// Forgets what is cached about `key_id`, including verdicts being looked up right now.
+    pub fn invalidate(&self, key_id: Uuid) {
+        let mut invalidated = self
+            .inner
+            .invalidated
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ttl = self.inner.ttl;
+        if invalidated.len() > 10_000 {
+            invalidated.retain(|_, at| at.elapsed() < ttl);
+        }
+        let now = Instant::now();
+        invalidated.insert(key_id, now);
+        self.inner
+            .last_invalidation
+            .store(self.inner.since_epoch(now), Ordering::Release);
+    }
+
+    /// Forgets every cached verdict: changes may have been missed. Lookups still running
+    /// started before this, so what they cache is not trusted either.
+    fn resync(&self) {
+        let now = self.inner.since_epoch(Instant::now());
+        self.inner.resynced.store(now, Ordering::Release);
+        self.inner.last_invalidation.store(now, Ordering::Release);
+        self.inner.found.clear();
+    }
+
+    /// Writes pending usage counts now (also done periodically and at shutdown).
+    pub async fn flush_usage(&self) -> Result<()> {
+        self.inner.usage.flush(&self.inner.db).await
+    }
+
+    /// The gateway's question. Without a `client_ip`, an IP allowlist is not checked: the
+    /// gateway decides whether to send one.
+    pub async fn verify(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
+        self.verify_with(req, false).await
+    }
+
+    /// For a key presented to keyhouse itself (management calls), whose caller's address it does
+    /// not know: a key limited to IP addresses is refused rather than let through unchecked.
+    pub async fn verify_unlocated(
+        &self,
+        req: &pb::VerifyKeyRequest,
+    ) -> Result<pb::VerifyKeyResponse> {
+        self.verify_with(req, true).await
+    }
+
+    // Debug level: at the default INFO filter the hot path pays for no span.
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn verify_with(
+        &self,
+        req: &pb::VerifyKeyRequest,
+        address_required: bool,
+    ) -> Result<pb::VerifyKeyResponse> {
+        let answer = self.answer(req, address_required).await;
+        let outcome = match &answer {
+            Ok(response) => response.reason().as_str_name(),
+            Err(Error::InvalidArgument { .. }) => "INVALID_ARGUMENT",
+            Err(_) => "UNAVAILABLE",
+        };
+        crate::observe::verify_outcome(outcome);
+        answer
+    }
+
+    async fn answer(
+        &self,
+        req: &pb::VerifyKeyRequest,
+        address_required: bool,
+    ) -> Result<pb::VerifyKeyResponse> {
+        if req.api_key.is_empty() {
+            return Err(Error::invalid("api_key", "api_key is required"));
+        }
+        let client_ip = match req.client_ip.trim() {
+            "" => None,
+            ip => Some(
+                ip.parse::<std::net::IpAddr>()
+                    .map_err(|_| Error::invalid("client_ip", "client_ip is not an IP address"))?,
+            ),
+        };
+        let Some(key) = ApiKey::parse(&req.api_key) else {
+            return Ok(verdict(Reason::Malformed, None));
+        };
+        let digest: Digest = Sha256::digest(key.expose().as_bytes()).into();
+        let cache = crate::observe::verify_cache;
+        let info = match self.cached(&digest) {
+            Cached::Fresh(info) => {
+                cache("hit");
+                Some(info)
+            }
+            Cached::Stale(info) => {
+                cache("stale");
+                self.lookup(&key, digest, Some(info)).await?
+            }
+            Cached::None if self.inner.unknown.get(&digest).is_some() => {
+                cache("negative_hit");
+                None
+            }
+            Cached::None => {
+                cache("miss");
+                self.lookup(&key, digest, None).await?
+            }
+        };
+        let Some(info) = info else {
+            return Ok(verdict(Reason::NotFound, None));
+        };
+        Ok(self
+            .judge(&info, &req.required_scopes, client_ip, address_required)
+            .await)
+    }
+
+    /// The cached verdict; `Stale` when the key changed since it was cached, so it must be
+    /// read again (by id: this digest is already known to belong to that key).
+    fn cached(&self, digest: &Digest) -> Cached {
+        let Some((info, at)) = self.inner.found.get(digest) else {
+            return Cached::None;
+        };
+        let at_nanos = self.inner.since_epoch(at);
+        if at_nanos > self.inner.last_invalidation.load(Ordering::Acquire) {
+            return Cached::Fresh(info);
+        }
+        if at_nanos <= self.inner.resynced.load(Ordering::Acquire) {
+            return Cached::None;
+        }
+        let invalidated = self
+            .inner
+            .invalidated
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if invalidated.get(&info.key_id).is_some_and(|t| at <= *t) {
+            return Cached::Stale(info);
+        }
+        Cached::Fresh(info)
+    }
+
+    /// One lookup per key at a time: concurrent misses for the same key wait for the first.
+    async fn lookup(
+        &self,
+        key: &ApiKey,
+        digest: Digest,
+        stale: Option<Arc<KeyInfo>>,
+    ) -> Result<Option<Arc<KeyInfo>>> {
+        let cell = {
+            let mut inflight = self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            inflight.entry(digest).or_default().clone()
+        };
+        let outcome = cell
+            .get_or_init(|| async {
+                // Released when the lookup ends, also when its caller gives up half-way:
+                // otherwise cancelled lookups of made-up keys would pile up here.
+                let _release = Release {
+                    inner: &self.inner,
+                    digest,
+                    cell: &cell,
+                };
+                // A lookup that finished between this caller's cache check and taking the cell
+                // has left its answer in the cache: loading again would cost another bcrypt.
+                let outcome = match self.settled(&digest, stale.is_none()) {
+                    Some(answer) => Ok(answer),
+                    None => self.fetch(key, digest, stale.as_deref()).await,
+                };
+                if let Err(e) = &outcome {
+                    tracing::error!(error = ?e, "key lookup failed");
+                }
+                outcome
+            })
+            .await
+            .clone();
+        outcome.map_err(|e| match &*e {
+            Error::Unavailable(m) => Error::Unavailable(m.clone()),
+            _ => Error::Unavailable("key verification is unavailable".into()),
+        })
+    }
+
+    /// The cached answer, if one is there now: a fresh verdict, or (for a miss) a known unknown.
+    fn settled(&self, digest: &Digest, miss: bool) -> Option<Option<Arc<KeyInfo>>> {
+        match self.cached(digest) {
+            Cached::Fresh(info) => Some(Some(info)),
+            Cached::None if miss && self.inner.unknown.get(digest).is_some() => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Reads the key (by prefix and bcrypt, or by id when `stale`) and caches the answer.
+    async fn fetch(
+        &self,
+        key: &ApiKey,
+        digest: Digest,
+        stale: Option<&KeyInfo>,
+    ) -> std::result::Result<Option<Arc<KeyInfo>>, Arc<Error>> {
+        let started = Instant::now();
+        let outcome = match stale {
+            Some(stale) => self.reload(stale).await,
+            None => self.load(key).await,
+        };
+        let outcome = outcome.map_err(Arc::new);
+        match &outcome {
+            Ok(Some(info)) => self.inner.found.insert(digest, info.clone(), started),
+            Ok(None) => {
+                self.inner.found.remove(&digest);
+                self.inner.unknown.insert(digest, (), started);
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn load(&self, key: &ApiKey) -> Result<Option<Arc<KeyInfo>>> {
+        for row in store::find_by_prefix(&self.inner.db, key.lookup_prefix()).await? {
+            self.inner.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
+            if key.verify(&row.key_hash).await? {
+                return Ok(Some(Arc::new(self.key_info(row))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-reads a key that changed, without bcrypt: the presented key was proven to be this
+    /// key's secret when it was cached, and still is if the stored hash is the same one.
+    async fn reload(&self, stale: &KeyInfo) -> Result<Option<Arc<KeyInfo>>> {
+        let Some(row) = store::find(&self.inner.db, stale.key_id).await? else {
+            return Ok(None);
+        };
+        if hash_tag(&row.key_hash) != stale.hash_tag {
+            // Regenerated: the presented secret is not this key's any more.
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(self.key_info(row))))
+    }
+
+    fn key_info(&self, row: user_api_keys::Model) -> KeyInfo {
+        let granted: Vec<String> = serde_json::from_value(row.permissions).unwrap_or_default();
+        let scopes = self
+            .inner
+            .registry
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| granted.contains(s))
+            .fold(0u64, |bits, (i, _)| bits | (1 << i));
+        let allowed: Option<Vec<String>> =
+            row.allowed_ips.and_then(|v| serde_json::from_value(v).ok());
+        KeyInfo {
+            hash_tag: hash_tag(&row.key_hash),
+            key_id: row.id,
+            user_id: row.user_id.into_boxed_str(),
+            scopes,
+            expires_at: row.expires_at.map(|t| t.timestamp()),
+            revoked: !row.is_active,
+            rate_limit: row
+                .rate_limit_per_minute
+                .and_then(|n| u32::try_from(n).ok()),
+            allowed: allowed
+                .filter(|a| !a.is_empty())
+                .map(|a| a.iter().filter_map(|c| parse_network(c)).collect()),
+        }
+    }
+
+    async fn judge(
+        &self,
+        info: &KeyInfo,
+        required: &[String],
+        client_ip: Option<std::net::IpAddr>,
+        address_required: bool,
+    ) -> pb::VerifyKeyResponse {
+        let now = Utc::now();
+        if info.revoked {
+            return verdict(Reason::Revoked, Some(info));
+        }
+        if info.expires_at.is_some_and(|at| at <= now.timestamp()) {
+            return verdict(Reason::Expired, Some(info));
+        }
+        let holds = |scope: &String| {
+            self.inner
+                .registry
+                .iter()
+                .position(|s| s == scope)
+                .is_some_and(|i| info.scopes & (1 << i) != 0)
+        };
+        if !required.iter().all(holds) {
+            return self.with_permissions(verdict(Reason::InsufficientScope, Some(info)), info);
+        }
+        if let Some(allowed) = &info.allowed {
+            let permitted = match client_ip {
+                Some(ip) => allowed.iter().any(|net| net.contains(&ip)),
+                None => !address_required,
+            };
+            if !permitted {
+                return verdict(Reason::IpNotAllowed, Some(info));
+            }
+        }
+        let mut response = self.with_permissions(verdict(Reason::Valid, Some(info)), info);
+        if let Some(limit) = info.rate_limit {
+            let window = self
+                .inner
+                .limiter
+                .hit(info.key_id, limit, now.timestamp())
+                .await;
+            response.limit = i32::try_from(window.limit).unwrap_or(i32::MAX);
+            response.remaining = i32::try_from(window.remaining).unwrap_or(i32::MAX);
+            response.reset_at = Some(prost_types::Timestamp {
+                seconds: window.reset_at,
+                nanos: 0,
+            });
+            if !window.allowed {
+                response.valid = false;
+                response.set_reason(Reason::RateLimited);
+                return response;
+            }
+        }
+        self.inner.usage.record(info.key_id, now);
+        response
+    }
+
+    fn with_permissions(
+        &self,
+        mut response: pb::VerifyKeyResponse,
+        info: &KeyInfo,
+    ) -> pb::VerifyKeyResponse {
+        response.permissions = self
+            .inner
+            .registry
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| info.scopes & (1 << i) != 0)
+            .map(|(_, s)| s.clone())
+            .collect();
+        response
+    }
+}
+
+/// A CIDR, or a bare address as a single-host network.
+pub fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn verdict(reason: Reason, info: Option<&KeyInfo>) -> pb::VerifyKeyResponse {
+    let mut response = pb::VerifyKeyResponse {
+        valid: reason == Reason::Valid,
+        ..Default::default()
+    };
+    response.set_reason(reason);
+    if let Some(info) = info {
+        response.key_id = info
+            .key_id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .to_owned();
+        response.user_id = info.user_id.to_string();
+        response.expires_at = info.expires_at.map(|s| prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        });
+    }
+    response
+}
+
+/// Takes a finished (or abandoned) lookup's cell out of the in-flight map, if it is still there.
+struct Release<'a> {
+    inner: &'a Inner,
+    digest: Digest,
+    cell: &'a Arc<OnceCell<Lookup>>,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inflight
+            .get(&self.digest)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+        {
+            inflight.remove(&self.digest);
+        }
+    }
+}
+
+async fn listen(inner: std::sync::Weak<Inner>, mut changes: broadcast::Receiver<Change>) {
+    loop {
+        let change = changes.recv().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let verifier = Verifier { inner };
+        match change {
+            Ok(Change::UserKey(key_id)) => verifier.invalidate(key_id),
+            Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => verifier.resync(),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn flush_usage(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.usage.flush(&inner.db).await {
+            tracing::warn!(error = %e, "usage flush failed; the counts are kept for the next one");
+        }
+    }
+}

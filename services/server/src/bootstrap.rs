@@ -1,0 +1,163 @@
+//! The one way a keyhouse server starts: settings in, the shared domain pieces built once (key
+//! ring, database, change feed), each requested service mounted on them, then served until
+//! shutdown. `keyhouse serve`, `user-key-service` and `platform-key-service` differ only in the
+//! list of services and the deployment they pass; tests call `run` with a listener on port 0.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use keyhouse_domain::change_feed::ChangeFeed;
+use keyhouse_domain::crypto::fernet_ring::KeyRing;
+use keyhouse_domain::db;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+
+use crate::router::{self, Services};
+use crate::settings::ServerSettings;
+use crate::{key_file, metrics, telemetry};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How the process is deployed, which decides what it may do to the database and the key ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deployment {
+    /// `keyhouse serve`: migrates on start and, on SQLite with no key configured, keeps the
+    /// encryption key in a file beside the database.
+    Embedded,
+    /// One service of a cluster: never migrates (a schema that is behind is refused, naming
+    /// `keyhouse migrate`) and cannot start without a configured key ring.
+    Split,
+}
+
+/// What every service is built on; made once per process.
+pub struct Context {
+    pub settings: ServerSettings,
+    pub db: DatabaseConnection,
+    pub feed: ChangeFeed,
+    pub ring: KeyRing,
+}
+
+/// A service a binary can serve: it builds itself on the context and adds its gRPC service,
+/// REST routes and OpenAPI paths to `services`.
+pub trait Mount: Sync {
+    fn mount<'a>(
+        &'a self,
+        ctx: &'a Context,
+        services: &'a mut Services,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Serves `mounts` until `shutdown` resolves, then drains in-flight calls and runs each
+/// service's shutdown work (usage counts are written before the process ends).
+pub async fn run(
+    settings: ServerSettings,
+    deployment: Deployment,
+    mounts: &[&dyn Mount],
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    settings.domain.keys.validate()?;
+    // Secrets are encrypted with the ring: refuse to start without one, not at first use.
+    let ring = match deployment {
+        Deployment::Embedded => key_file::key_ring(&settings.domain, true)?,
+        Deployment::Split => settings.domain.required_key_ring()?,
+    };
+    let url = &settings.domain.database_url;
+    let db = db::connect(url).await?;
+    match deployment {
+        Deployment::Embedded => {
+            let applied = db::migrate(&db).await?;
+            if applied > 0 {
+                tracing::info!(applied, database = %db::redact_url(url), "database migrated");
+            }
+        }
+        Deployment::Split => db::ensure_schema_current(&db).await?,
+    }
+    metrics::install_observer();
+    let feed = ChangeFeed::start(&db, url).await?;
+    let mut services = Services::new(db.clone());
+    let ctx = Context {
+        settings,
+        db,
+        feed,
+        ring,
+    };
+    for mount in mounts {
+        mount.mount(&ctx, &mut services).await?;
+    }
+    let after = std::mem::take(&mut services.on_shutdown);
+    let served = router::serve(listener, services, &ctx.settings.cors_origins, shutdown).await;
+    for work in after {
+        work.await?;
+    }
+    served
+}
+
+/// A binary's whole `main`: logging and traces, the listener, `run`, and one clear line on
+/// failure with a non-zero exit.
+pub async fn main(
+    name: &'static str,
+    settings: ServerSettings,
+    deployment: Deployment,
+    mounts: &[&dyn Mount],
+) -> std::process::ExitCode {
+    exit_on_error(
+        async {
+            let _telemetry = telemetry::init(settings.log_format, name)?;
+            let listener = bind(&settings).await?;
+            run(settings, deployment, mounts, listener, shutdown_signal()).await
+        }
+        .await,
+    )
+}
+
+/// Binds the configured address, saying which one failed when it cannot.
+pub async fn bind(settings: &ServerSettings) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(settings.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (KEYHOUSE_LISTEN): {e}",
+            settings.listen
+        )
+    })
+}
+
+/// Ends a command: logs a failure in one clear line and exits non-zero. The message is also
+/// printed to stderr so that it shows even with logging turned off.
+pub fn exit_on_error(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT (ctrl-c) or SIGTERM (what Kubernetes and systemd send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,142 @@
+//! The gRPC side of every service: resolving the caller from a request's metadata, and the one
+//! mapping from the domain's error to a gRPC status.
+
+use std::sync::Arc;
+
+use keyhouse_domain::Error;
+use keyhouse_domain::authorization::{Reach, Rule};
+use keyhouse_domain::caller::{AuthFailure, Caller, Principal, Role};
+use keyhouse_domain::crypto::api_key;
+use keyhouse_domain::storage::sessions;
+use keyhouse_domain::verify::Verifier;
+use keyhouse_proto::v1 as pb;
+use keyhouse_proto::v1::verify_key_response::Reason;
+use sea_orm::DatabaseConnection;
+use tonic::metadata::MetadataMap;
+
+use crate::auth;
+
+/// A domain result as a gRPC answer: what every service method returns.
+pub fn reply<T>(result: keyhouse_domain::Result<T>) -> Result<tonic::Response<T>, tonic::Status> {
+    result.map(tonic::Response::new).map_err(status)
+}
+
+/// The domain's error as a gRPC status. The error rides along as the status's source, so the
+/// REST shim, which calls the gRPC methods, maps the same error to HTTP in its own one place.
+pub fn status(err: Error) -> tonic::Status {
+    use tonic::Code;
+    let (code, message) = match &err {
+        Error::NotFound(m) => (Code::NotFound, m.clone()),
+        Error::InvalidArgument { .. } => (Code::InvalidArgument, err.to_string()),
+        Error::Unauthenticated(why) => (Code::Unauthenticated, why.to_string()),
+        Error::PermissionDenied(m) => (Code::PermissionDenied, m.clone()),
+        Error::FailedPrecondition(m) => (Code::FailedPrecondition, m.clone()),
+        Error::Aborted(m) => (Code::Aborted, m.clone()),
+        Error::Unavailable(m) => (Code::Unavailable, m.clone()),
+        Error::Internal(cause) => {
+            tracing::error!(error = ?cause, "internal error");
+            (Code::Internal, "internal error".to_owned())
+        }
+    };
+    let mut status = tonic::Status::new(code, message);
+    status.set_source(Arc::new(err));
+    status
+}
+
+/// Resolves sessions for gRPC (and grpc-web, and REST, which calls the gRPC methods), and,
+/// where a service allows it, a user API key as the credential of its owner.
+#[derive(Clone)]
+pub struct Authenticator {
+    db: DatabaseConnection,
+    api_keys: Option<Verifier>,
+}
+
+impl Authenticator {
+    /// Sessions only.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db, api_keys: None }
+    }
+
+    /// Sessions, or `Authorization: Bearer uc_...` for the key's owner (see `caller_with_scope`).
+    pub fn with_api_keys(db: DatabaseConnection, verifier: Verifier) -> Self {
+        Self {
+            db,
+            api_keys: Some(verifier),
+        }
+    }
+
+    /// The caller of an RPC whose row in the authorization table is `rule`: a session, or an
+    /// API key where the row names a scope for keys. A user's session is refused where the row
+    /// gives users nothing (the domain checks the role again).
+    pub async fn caller_for(
+        &self,
+        metadata: &MetadataMap,
+        rule: &Rule,
+    ) -> Result<Caller, tonic::Status> {
+        let caller = match rule.api_key_scope {
+            Some(scope) => self.caller_with_scope(metadata, scope).await?,
+            None => self.caller(metadata).await?,
+        };
+        let reach = match caller.principal.role {
+            Role::Admin => rule.admin,
+            Role::User => rule.user,
+        };
+        if reach == Reach::None {
+            let why = match rule.admin {
+                Reach::None => "this call is for internal services only",
+                _ => "Admin access required",
+            };
+            return Err(status(Error::PermissionDenied(why.into())));
+        }
+        Ok(caller)
+    }
+
+    pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, tonic::Status> {
+        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let token = auth::session_token(text("authorization"), text("cookie"));
+        let principal = sessions::resolve(&self.db, token).await.map_err(status)?;
+        Ok(Caller {
+            principal,
+            request_id: auth::request_id(text("x-request-id")),
+        })
+    }
+
+    /// Like `caller`, but an API key presented as the bearer token also works when it holds
+    /// `scope`; the caller is then the key's owner, as a user.
+    pub async fn caller_with_scope(
+        &self,
+        metadata: &MetadataMap,
+        scope: &str,
+    ) -> Result<Caller, tonic::Status> {
+        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let key = auth::bearer(text("authorization")).filter(|t| t.starts_with(api_key::PREFIX));
+        let (Some(verifier), Some(key)) = (&self.api_keys, key) else {
+            return self.caller(metadata).await;
+        };
+        let request = pb::VerifyKeyRequest {
+            api_key: key.to_owned(),
+            required_scopes: vec![scope.to_owned()],
+            client_ip: String::new(),
+        };
+        let verdict = verifier.verify_unlocated(&request).await.map_err(status)?;
+        let refused = |why: String| Err(status(Error::PermissionDenied(why)));
+        match verdict.reason() {
+            Reason::Valid => Ok(Caller {
+                principal: Principal {
+                    user_id: verdict.user_id,
+                    email: String::new(),
+                    role: Role::User,
+                },
+                request_id: auth::request_id(text("x-request-id")),
+            }),
+            Reason::InsufficientScope => refused(format!("this API key lacks the {scope} scope")),
+            Reason::RateLimited => refused("this API key is over its rate limit".into()),
+            Reason::IpNotAllowed => refused(
+                "this API key is limited to IP addresses, which keyhouse cannot check on \
+                 management calls; use a session or a key without an IP allowlist"
+                    .into(),
+            ),
+            _ => Err(status(Error::Unauthenticated(AuthFailure::InvalidSession))),
+        }
+    }
+}

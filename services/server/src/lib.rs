@@ -1,0 +1,19 @@
+//! keyhouse-server: everything between the network and the domain. One listener serves native
+//! gRPC, grpc-web and REST; callers are authenticated here; telemetry, metrics, probes and the
+//! docs pages live here; and `bootstrap` starts any set of services. Service crates add
+//! themselves through `bootstrap::Mount`. See ARCHITECTURE.md.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod docs;
+pub mod grpc;
+pub mod key_file;
+pub mod metrics;
+mod probes;
+pub mod rest;
+pub mod router;
+pub mod settings;
+pub mod telemetry;
+
+pub use router::Services;
+pub use settings::ServerSettings;

@@ -1,0 +1,47 @@
+//! HTTP probes and the answers for paths and methods that do not exist.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+
+use crate::rest::RestError;
+use keyhouse_domain::db;
+
+pub fn router(db: DatabaseConnection) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "alive" })) }),
+        )
+        .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::render))
+        .with_state(db)
+}
+
+/// Ready when the database answers and its schema is the one this build expects.
+async fn ready(State(db): State<DatabaseConnection>) -> Response {
+    let check = async {
+        db.ping().await.map_err(keyhouse_domain::Error::from)?;
+        db::ensure_schema_current(&db).await
+    };
+    match check.await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            RestError::detail(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
+                .into_response()
+        }
+    }
+}
+
+pub async fn not_found() -> RestError {
+    RestError::detail(StatusCode::NOT_FOUND, "Not Found")
+}
+
+pub async fn method_not_allowed() -> RestError {
+    RestError::detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}

@@ -1,0 +1,229 @@
+//! The listener's router: native gRPC, grpc-web and REST on one port, with reflection, health,
+//! CORS, metrics, traces and graceful shutdown. `bootstrap::run` serves through `serve`.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::LazyLock;
+
+use axum::Router;
+use http::{HeaderName, HeaderValue, Method};
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use sea_orm::DatabaseConnection;
+
+use crate::bootstrap::BoxFuture;
+use crate::{docs, probes};
+
+/// What one binary serves: its gRPC services (with their full names, for health and
+/// reflection), its REST routes and their OpenAPI description. Each service crate adds itself.
+pub struct Services {
+    pub grpc: RoutesBuilder,
+    pub names: Vec<&'static str>,
+    pub rest: Router,
+    pub openapi: utoipa::openapi::OpenApi,
+    /// Checked by `/readyz`.
+    pub db: DatabaseConnection,
+    /// Work to finish after the last call has drained (flushing usage counts).
+    pub on_shutdown: Vec<BoxFuture<'static, anyhow::Result<()>>>,
+}
+
+impl Services {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            grpc: RoutesBuilder::default(),
+            names: Vec::new(),
+            rest: Router::new(),
+            openapi: docs::base_document(),
+            db,
+            on_shutdown: Vec::new(),
+        }
+    }
+
+    /// Runs `work` once the server has stopped taking calls and drained.
+    pub fn on_shutdown(&mut self, work: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+        self.on_shutdown.push(Box::pin(work));
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops taking connections and drains in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    cors_origins: &[String],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in &services.names {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keyhouse_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in &services.names {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let grpc = services
+        .grpc
+        .routes()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
+
+    let rest = services
+        .rest
+        .layer(axum::middleware::from_fn(crate::rest::require_csrf_token))
+        .merge(docs::router(services.openapi))
+        .merge(probes::router(services.db));
+    let mut app = rest
+        .merge(grpc)
+        // Unknown paths answer like the REST API does, not with a gRPC error.
+        .fallback(probes::not_found)
+        .method_not_allowed_fallback(probes::method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::metrics::track));
+    if crate::telemetry::traces_enabled() {
+        app = app.layer(axum::middleware::from_fn(crate::telemetry::trace_request));
+    }
+    if let Some(cors) = cors_layer(cors_origins)? {
+        app = app.layer(cors);
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, services = ?services.names, "serving gRPC, grpc-web and REST");
+    // While draining, health says NOT_SERVING so that load balancers stop sending new calls.
+    let names = services.names.clone();
+    let draining = async move {
+        shutdown.await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for name in names {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("draining in-flight calls");
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(draining)
+        .await?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Browsers may call only from the configured origins; with none configured there is no CORS
+/// layer at all, so cross-origin browser calls fail closed.
+fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .map_err(|_| anyhow::anyhow!("KEYHOUSE_CORS_ORIGINS: invalid origin '{o}'"))
+        })
+        .collect::<Result<_, _>>()?;
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let headers = [
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "x-csrf-token",
+        "x-request-id",
+    ];
+    let exposed = [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "x-next-page-token",
+    ];
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(headers.map(HeaderName::from_static))
+            .expose_headers(exposed.map(HeaderName::from_static)),
+    ))
+}
+
+/// Whether `path` (`/package.Service/Method`) names a gRPC method this build defines: keyhouse's
+/// own, health and reflection. Telemetry names calls only by these, never by a caller's free text.
+pub fn is_grpc_method(path: &str) -> bool {
+    static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+        let sets = [
+            keyhouse_proto::v1::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut methods = HashSet::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        methods
+    });
+    METHODS.contains(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_grpc_method;
+
+    #[test]
+    fn grpc_methods_are_the_ones_defined() {
+        for served in [
+            "/keyhouse.v1.UserKeyService/VerifyKey",
+            "/keyhouse.v1.PlatformKeyService/WatchPlatformKeys",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(is_grpc_method(served), "{served}");
+        }
+        for other in [
+            "/keyhouse.v1.UserKeyService/Made_Up",
+            "/keyhouse.v1.UserKeyService/VerifyKey/extra",
+            "keyhouse.v1.UserKeyService/VerifyKey",
+            "/api/v1/byok/keys",
+        ] {
+            assert!(!is_grpc_method(other), "{other}");
+        }
+    }
+}

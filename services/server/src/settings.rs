@@ -1,0 +1,55 @@
+//! A server binary's settings: where to listen, who may call from a browser, which internal
+//! services hold tokens, how to log, and the domain's own settings flattened in. Environment
+//! first, flags second; every default is in the README's configuration table.
+
+use std::net::SocketAddr;
+
+use keyhouse_domain::config::Settings;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8084";
+
+#[derive(clap::Args, Clone)]
+pub struct ServerSettings {
+    /// Address to serve gRPC, grpc-web and REST on.
+    #[arg(long, env = "KEYHOUSE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Origins allowed to call from a browser (comma-separated); none by default.
+    #[arg(long, env = "KEYHOUSE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Internal services allowed to fetch users' provider keys: `name=<SHA-256 of the token,
+    /// hex>` pairs, comma-separated (`keyhouse service-token create` makes one).
+    #[arg(
+        long,
+        env = "KEYHOUSE_SERVICE_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub service_tokens: Vec<String>,
+
+    /// Log format: `pretty` or `json`.
+    #[arg(
+        long,
+        env = "KEYHOUSE_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+
+    #[command(flatten)]
+    pub domain: Settings,
+}
+
+impl ServerSettings {
+    /// The defaults, on the given database: what tests and embedders start from.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
+            cors_origins: Vec::new(),
+            service_tokens: Vec::new(),
+            log_format: crate::telemetry::LogFormat::Pretty,
+            domain: Settings::new(database_url),
+        }
+    }
+}
