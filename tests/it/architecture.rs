@@ -76,3 +76,148 @@ fn the_manifest_check_sees_a_transport_crate() {
     let names = dependencies(manifest);
     assert!(names.iter().any(|n| n == "tonic"), "{names:?}");
 }
+
+/// Every RPC the contract defines, as (service full name, method).
+fn rpcs() -> Vec<(String, String)> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(keyhouse_proto::v1::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
+    let mut out = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                out.push((
+                    format!("{}.{}", file.package(), service.name()),
+                    method.name().to_owned(),
+                ));
+            }
+        }
+    }
+    assert!(out.len() >= 20, "the contract's RPCs were found: {out:?}");
+    out
+}
+
+/// Each service's REST routes and the RPCs it serves on gRPC only.
+fn rest_of(
+    service: &str,
+) -> (
+    Vec<(&'static str, &'static str, &'static str)>,
+    &'static [(&'static str, &'static str)],
+) {
+    match service {
+        keyhouse_user_keys::SERVICE_NAME => (
+            [
+                keyhouse_user_keys::rest::ROUTES,
+                keyhouse_user_keys::rest_byok::ROUTES,
+            ]
+            .concat(),
+            keyhouse_user_keys::GRPC_ONLY,
+        ),
+        keyhouse_platform_keys::SERVICE_NAME => (
+            keyhouse_platform_keys::rest::ROUTES.to_vec(),
+            keyhouse_platform_keys::GRPC_ONLY,
+        ),
+        other => panic!("{other} is served by no service crate"),
+    }
+}
+
+#[test]
+fn every_rpc_has_a_row_in_the_authorization_table_and_every_row_an_rpc() {
+    use keyhouse_domain::authorization::TABLE;
+    let rpcs: Vec<String> = rpcs().iter().map(|(s, m)| format!("{s}/{m}")).collect();
+    for rpc in &rpcs {
+        assert_eq!(
+            TABLE.iter().filter(|r| r.rpc == rpc).count(),
+            1,
+            "{rpc} needs exactly one row in keyhouse_domain::authorization::TABLE"
+        );
+    }
+    for row in TABLE {
+        assert!(rpcs.iter().any(|r| r == row.rpc), "{} is no RPC", row.rpc);
+    }
+}
+
+#[test]
+fn the_readme_shows_the_authorization_table_as_it_is() {
+    let table = keyhouse_domain::authorization::markdown();
+    assert!(
+        repo_file("README.md").contains(&table),
+        "README.md must hold the authorization table exactly as the code has it:\n{table}"
+    );
+}
+
+#[test]
+fn every_rpc_has_a_rest_route_or_says_why_not_and_every_route_is_documented() {
+    let openapi: serde_json::Value =
+        serde_json::from_str(&repo_file("gen/openapi.json")).expect("gen/openapi.json");
+    for (service, method) in rpcs() {
+        let (routes, grpc_only) = rest_of(&service);
+        let mine: Vec<_> = routes.iter().filter(|r| r.0 == method).collect();
+        let excused = grpc_only.iter().any(|(m, _)| *m == method);
+        assert!(
+            !mine.is_empty() ^ excused,
+            "{service}/{method} needs a REST route in its crate's ROUTES, or an entry in GRPC_ONLY saying why not (not both)"
+        );
+        for (_, verb, path) in mine {
+            assert!(
+                openapi["paths"][path][verb].is_object(),
+                "{service}/{method}: {verb} {path} is not in gen/openapi.json"
+            );
+        }
+    }
+}
+
+/// The Ingress paths the chart routes to each service, from its default values.
+fn ingress_paths(values: &str, key: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut inside = false;
+    for line in values.lines() {
+        let trimmed = line.trim();
+        if trimmed == format!("{key}:") && line.starts_with("    ") {
+            inside = true;
+            continue;
+        }
+        if inside {
+            match trimmed.strip_prefix("- ") {
+                Some(path) => paths.push(path.trim().to_owned()),
+                None if trimmed.starts_with('#') => {}
+                None => break,
+            }
+        }
+    }
+    paths
+}
+
+/// Whether an Ingress `Prefix` path matches `path` (by whole segments, as Kubernetes does).
+fn covered(prefixes: &[String], path: &str) -> bool {
+    prefixes.iter().any(|p| {
+        let p = p.trim_end_matches('/');
+        path == p || path.starts_with(&format!("{p}/"))
+    })
+}
+
+#[test]
+fn the_helm_ingress_routes_every_rpc_to_its_service() {
+    let values = repo_file("helm/keyhouse/values.yaml");
+    for (service, method) in rpcs() {
+        let key = match service.as_str() {
+            keyhouse_user_keys::SERVICE_NAME => "userKeyService",
+            keyhouse_platform_keys::SERVICE_NAME => "platformKeyService",
+            other => panic!("{other} has no deployment in the chart"),
+        };
+        let paths = ingress_paths(&values, key);
+        assert!(!paths.is_empty(), "ingress.paths.{key} was found");
+        let grpc = format!("/{service}/{method}");
+        assert!(
+            covered(&paths, &grpc),
+            "{grpc} is not routed by ingress.paths.{key}"
+        );
+        for (_, _, path) in rest_of(&service).0.iter().filter(|r| r.0 == method) {
+            assert!(
+                covered(&paths, path),
+                "{service}/{method}: {path} is not routed by ingress.paths.{key} in helm/keyhouse/values.yaml"
+            );
+        }
+    }
+    assert!(!covered(&["/api/v1/byok".into()], "/api/v1/byokx"));
+}

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+pub use crate::error::AuthFailure;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,22 +36,6 @@ impl std::str::FromStr for Role {
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Why a caller was not authenticated. Each transport words these its own way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthFailure {
-    NoToken,
-    InvalidSession,
-}
-
-impl fmt::Display for AuthFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AuthFailure::NoToken => "not authenticated: no session token",
-            AuthFailure::InvalidSession => "invalid or expired session",
-        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! The one error type of keyhouse. The server maps it to gRPC in one place and to REST in one
 //! place; nothing here knows either transport.
 
+use std::fmt;
+
 /// Everything a keyhouse operation can fail with. Messages are shown to callers, so they never
 /// carry a secret or an internal cause; `Internal` keeps its cause for the log only.
 #[derive(Debug, thiserror::Error)]
@@ -11,7 +13,7 @@ pub enum Error {
     /// `reason` is the whole message and names the field; `field` is for REST's `loc`.
     InvalidArgument { field: &'static str, reason: String },
     #[error("{0}")]
-    Unauthenticated(crate::caller::AuthFailure),
+    Unauthenticated(AuthFailure),
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -69,5 +71,21 @@ impl From<sea_orm::TransactionError<Error>> for Error {
             sea_orm::TransactionError::Connection(db) => db.into(),
             sea_orm::TransactionError::Transaction(e) => e,
         }
+    }
+}
+
+/// Why a caller was not authenticated. Each transport words these its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    NoToken,
+    InvalidSession,
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthFailure::NoToken => "not authenticated: no session token",
+            AuthFailure::InvalidSession => "invalid or expired session",
+        })
     }
 }

@@ -20,6 +20,12 @@ pub mod rest;
 
 pub const SERVICE_NAME: &str = "keyhouse.v1.PlatformKeyService";
 
+/// The RPCs with no REST path, and why.
+pub const GRPC_ONLY: &[(&str, &str)] = &[(
+    "WatchPlatformKeys",
+    "a server stream: native gRPC and grpc-web only",
+)];
+
 #[derive(Clone)]
 pub struct PlatformKeyGrpc {
     auth: Authenticator,

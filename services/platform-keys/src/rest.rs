@@ -16,6 +16,43 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::PlatformKeyGrpc;
 
+/// The REST path of each RPC here, as (RPC method, HTTP method, path): checked against the
+/// OpenAPI document and the Helm chart's ingress, so that no RPC is half-added.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("ListPlatformKeys", "get", "/api/v1/admin/platform-keys"),
+    (
+        "UpdatePlatformKey",
+        "put",
+        "/api/v1/admin/platform-keys/{name}",
+    ),
+    (
+        "DeletePlatformKey",
+        "delete",
+        "/api/v1/admin/platform-keys/{name}",
+    ),
+    (
+        "GetDecryptedPlatformKey",
+        "get",
+        "/api/v1/admin/platform-keys/{name}/decrypted",
+    ),
+    (
+        "ListPlatformKeyVersions",
+        "get",
+        "/api/v1/admin/platform-keys/{name}/versions",
+    ),
+    (
+        "RollbackPlatformKey",
+        "post",
+        "/api/v1/admin/platform-keys/{name}/rollback",
+    ),
+    (
+        "TestPlatformKey",
+        "post",
+        "/api/v1/admin/platform-keys/{name}/test",
+    ),
+    ("ListAuditEvents", "get", "/api/v1/admin/audit-events"),
+];
+
 pub fn router(service: PlatformKeyGrpc) -> Router {
     Router::new()
         .route("/api/v1/admin/platform-keys", get(list))

@@ -96,7 +96,7 @@ impl ServiceTokens {
             let bad = || {
                 Error::invalid(
                     "KEYHOUSE_SERVICE_TOKENS",
-                    "KEYHOUSE_SERVICE_TOKENS entries are name=<SHA-256 of the token, hex>; make one with `keyhouse service-token create --name NAME`",
+                    "KEYHOUSE_SERVICE_TOKENS entries are name=<SHA-256 of the token, hex>; make a token with `keyhouse service-token create` and configure NAME=<its SHA-256>",
                 )
             };
             let (name, digest) = entry.split_once('=').ok_or_else(bad)?;

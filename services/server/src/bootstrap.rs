@@ -4,7 +4,6 @@
 //! list of services and the deployment they pass; tests call `run` with a listener on port 0.
 
 use std::future::Future;
-use std::pin::Pin;
 
 use keyhouse_domain::change_feed::ChangeFeed;
 use keyhouse_domain::crypto::fernet_ring::KeyRing;
@@ -16,7 +15,7 @@ use crate::router::{self, Services};
 use crate::settings::ServerSettings;
 use crate::{key_file, metrics, telemetry};
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::router::BoxFuture;
 
 /// How the process is deployed, which decides what it may do to the database and the key ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use keyhouse_proto::v1::verify_key_response::Reason;
 use sea_orm::DatabaseConnection;
 use tonic::metadata::MetadataMap;
 
-use crate::auth;
+use crate::auth::{self, ServiceTokens};
 
 /// A domain result as a gRPC answer: what every service method returns.
 pub fn reply<T>(result: keyhouse_domain::Result<T>) -> Result<tonic::Response<T>, tonic::Status> {
@@ -43,36 +43,53 @@ pub fn status(err: Error) -> tonic::Status {
     status
 }
 
-/// Resolves sessions for gRPC (and grpc-web, and REST, which calls the gRPC methods), and,
-/// where a service allows it, a user API key as the credential of its owner.
+/// Resolves the caller of gRPC (and grpc-web, and REST, which calls the gRPC methods): a
+/// session, and where the authorization table allows it, a user API key as the credential of
+/// its owner or an internal service's token.
 #[derive(Clone)]
 pub struct Authenticator {
     db: DatabaseConnection,
     api_keys: Option<Verifier>,
+    services: ServiceTokens,
 }
 
 impl Authenticator {
     /// Sessions only.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, api_keys: None }
-    }
-
-    /// Sessions, or `Authorization: Bearer uc_...` for the key's owner (see `caller_with_scope`).
-    pub fn with_api_keys(db: DatabaseConnection, verifier: Verifier) -> Self {
         Self {
             db,
-            api_keys: Some(verifier),
+            api_keys: None,
+            services: ServiceTokens::default(),
         }
     }
 
-    /// The caller of an RPC whose row in the authorization table is `rule`: a session, or an
-    /// API key where the row names a scope for keys. A user's session is refused where the row
-    /// gives users nothing (the domain checks the role again).
+    /// Also `Authorization: Bearer uc_...` for the key's owner (see `caller_with_scope`).
+    pub fn with_api_keys(self, verifier: Verifier) -> Self {
+        Self {
+            api_keys: Some(verifier),
+            ..self
+        }
+    }
+
+    /// Also internal services' tokens, where a row allows them.
+    pub fn with_service_tokens(self, services: ServiceTokens) -> Self {
+        Self { services, ..self }
+    }
+
+    /// The caller of an RPC whose row in the authorization table is `rule`: an internal
+    /// service's token where the row allows one, else a session, or an API key where the row
+    /// names a scope for keys. A session the row gives nothing is refused (the domain checks the
+    /// role again), after telling a stranger apart from a signed-in user.
     pub async fn caller_for(
         &self,
         metadata: &MetadataMap,
         rule: &Rule,
     ) -> Result<Caller, tonic::Status> {
+        if rule.service_token
+            && let Some(caller) = self.service(metadata)
+        {
+            return Ok(caller);
+        }
         let caller = match rule.api_key_scope {
             Some(scope) => self.caller_with_scope(metadata, scope).await?,
             None => self.caller(metadata).await?,
@@ -83,12 +100,28 @@ impl Authenticator {
         };
         if reach == Reach::None {
             let why = match rule.admin {
-                Reach::None => "this call is for internal services only",
+                Reach::None => "a service token is required",
                 _ => "Admin access required",
             };
             return Err(status(Error::PermissionDenied(why.into())));
         }
         Ok(caller)
+    }
+
+    /// An internal service, by its token: `service:<name>`, with no role beyond its row.
+    fn service(&self, metadata: &MetadataMap) -> Option<Caller> {
+        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        let name = self
+            .services
+            .name_of(auth::bearer(text("authorization"))?)?;
+        Some(Caller {
+            principal: Principal {
+                user_id: format!("service:{name}"),
+                email: String::new(),
+                role: Role::User,
+            },
+            request_id: auth::request_id(text("x-request-id")),
+        })
     }
 
     pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, tonic::Status> {

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod key_file;
 pub mod metrics;
 mod probes;
+pub mod request_name;
 pub mod rest;
 pub mod router;
 pub mod settings;

@@ -7,7 +7,6 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +15,8 @@ use prometheus::{
     TextEncoder,
 };
 use sea_orm::{DatabaseBackend, DatabaseConnection};
+
+use crate::request_name;
 
 pub struct Metrics {
     registry: Registry,
@@ -171,13 +172,13 @@ pub async fn render(State(db): State<DatabaseConnection>) -> Response {
 /// route template (never the raw path, which can hold ids). Paths that match nothing, and gRPC
 /// methods the server does not implement, share one label, so that no caller can mint series.
 pub async fn track(req: Request, next: Next) -> Response {
-    let grpc = is_grpc(req.headers());
+    let grpc = request_name::is_grpc(req.headers());
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
-    let method = method_label(grpc, route, req.uri().path(), req.method());
+    let method = request_name::method_label(grpc, route, req.uri().path(), req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     let http = response.status();
-    let status = match grpc_status(grpc, &response) {
+    let status = match request_name::grpc_status(grpc, &response) {
         Some(code) => GRPC_STATUS_LABELS
             .get(usize::from(code))
             .copied()
@@ -197,38 +198,3 @@ const GRPC_STATUS_LABELS: [&str; 17] = [
     "grpc 0", "grpc 1", "grpc 2", "grpc 3", "grpc 4", "grpc 5", "grpc 6", "grpc 7", "grpc 8",
     "grpc 9", "grpc 10", "grpc 11", "grpc 12", "grpc 13", "grpc 14", "grpc 15", "grpc 16",
 ];
-
-/// How metrics and traces name a request: a gRPC call by its method path, a REST request by its
-/// verb and route template (never the raw path, which can hold ids); anything else, including a
-/// gRPC method this build does not define, is `unmatched`, so that no caller can mint names.
-pub fn method_label(grpc: bool, route: Option<&str>, path: &str, verb: &http::Method) -> String {
-    match route {
-        Some(_) if grpc && crate::router::is_grpc_method(path) => path.to_owned(),
-        Some(route) if !grpc => format!("{verb} {route}"),
-        _ => "unmatched".to_owned(),
-    }
-}
-
-/// Native gRPC and grpc-web alike.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
-
-/// A gRPC call's status code as far as the response head tells: a call that failed before any
-/// message carries it in its headers; otherwise an HTTP success means OK (a status sent later,
-/// in the trailers, is not seen here). `None` for a response that is not a gRPC answer.
-pub fn grpc_status(grpc: bool, response: &Response) -> Option<u16> {
-    let header = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    match header {
-        Some(code) => Some(code),
-        None if grpc && response.status().is_success() => Some(0),
-        None => None,
-    }
-}

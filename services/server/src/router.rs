@@ -1,13 +1,10 @@
 //! The listener's router: native gRPC, grpc-web and REST on one port, with reflection, health,
 //! CORS, metrics, traces and graceful shutdown. `bootstrap::run` serves through `serve`.
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::LazyLock;
 
 use axum::Router;
 use http::{HeaderName, HeaderValue, Method};
-use prost::Message;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -15,11 +12,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use sea_orm::DatabaseConnection;
 
-use crate::bootstrap::BoxFuture;
 use crate::{docs, probes};
 
 /// What one binary serves: its gRPC services (with their full names, for health and
 /// reflection), its REST routes and their OpenAPI description. Each service crate adds itself.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 pub struct Services {
     pub grpc: RoutesBuilder,
     pub names: Vec<&'static str>,
@@ -167,63 +165,4 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
             .allow_headers(headers.map(HeaderName::from_static))
             .expose_headers(exposed.map(HeaderName::from_static)),
     ))
-}
-
-/// Whether `path` (`/package.Service/Method`) names a gRPC method this build defines: keyhouse's
-/// own, health and reflection. Telemetry names calls only by these, never by a caller's free text.
-pub fn is_grpc_method(path: &str) -> bool {
-    static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
-        let sets = [
-            keyhouse_proto::v1::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ];
-        let mut methods = HashSet::new();
-        for set in sets {
-            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
-                continue;
-            };
-            for file in &set.file {
-                for service in &file.service {
-                    for method in &service.method {
-                        methods.insert(format!(
-                            "/{}.{}/{}",
-                            file.package(),
-                            service.name(),
-                            method.name()
-                        ));
-                    }
-                }
-            }
-        }
-        methods
-    });
-    METHODS.contains(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_grpc_method;
-
-    #[test]
-    fn grpc_methods_are_the_ones_defined() {
-        for served in [
-            "/keyhouse.v1.UserKeyService/VerifyKey",
-            "/keyhouse.v1.PlatformKeyService/WatchPlatformKeys",
-            "/grpc.health.v1.Health/Check",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        ] {
-            assert!(is_grpc_method(served), "{served}");
-        }
-        for other in [
-            "/keyhouse.v1.UserKeyService/Made_Up",
-            "/keyhouse.v1.UserKeyService/VerifyKey/extra",
-            "keyhouse.v1.UserKeyService/VerifyKey",
-            "/api/v1/byok/keys",
-        ] {
-            assert!(!is_grpc_method(other), "{other}");
-        }
-    }
 }

@@ -287,10 +287,10 @@ impl SpanExporter for OnRuntime {
 /// takes its status from the trailers.
 pub async fn trace_request(req: Request, next: Next) -> Response {
     let verb = req.method().clone();
-    let grpc = crate::metrics::is_grpc(req.headers());
+    let grpc = crate::request_name::is_grpc(req.headers());
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
     let path = req.uri().path();
-    let name = crate::metrics::method_label(grpc, route, path, &verb);
+    let name = crate::request_name::method_label(grpc, route, path, &verb);
     let known = name != "unmatched";
     let span = if grpc {
         let (service, method) = if known {
@@ -328,7 +328,7 @@ pub async fn trace_request(req: Request, next: Next) -> Response {
     // Fails only when the span is disabled, and then there is nothing to attach the parent to.
     let _ = span.set_parent(parent);
     let response = next.run(req).instrument(span.clone()).await;
-    match crate::metrics::grpc_status(grpc, &response) {
+    match crate::request_name::grpc_status(grpc, &response) {
         Some(code) => record_grpc_status(&span, code),
         None => {
             span.record(

@@ -2,17 +2,16 @@
 //! `keyhouse_domain::verify` and `keyhouse_domain::byok`. Each method resolves the caller and
 //! hands the request to the domain.
 
-use keyhouse_domain::Error;
 use keyhouse_domain::authorization;
 use keyhouse_domain::byok::Byok;
-use keyhouse_domain::caller::{Caller, Principal, Role};
+use keyhouse_domain::caller::Caller;
 use keyhouse_domain::providers::BaseUrls;
 use keyhouse_domain::user_keys::UserKeys;
 use keyhouse_domain::verify::Verifier;
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::user_key_service_server::{UserKeyService, UserKeyServiceServer};
 use keyhouse_server::Services;
-use keyhouse_server::auth::{self, ServiceTokens};
+use keyhouse_server::auth::ServiceTokens;
 use keyhouse_server::bootstrap::{BoxFuture, Context, Mount};
 use keyhouse_server::grpc::{self, Authenticator, reply};
 use tonic::{Request, Response, Status};
@@ -22,13 +21,20 @@ pub mod rest_byok;
 
 pub const SERVICE_NAME: &str = "keyhouse.v1.UserKeyService";
 
+/// The RPCs with no REST path, and why.
+pub const GRPC_ONLY: &[(&str, &str)] = &[(
+    "GetProviderKeyForUser",
+    "internal services only (service tokens); the Ops-Center front end never calls it",
+)];
+
 #[derive(Clone)]
 pub struct UserKeyGrpc {
     auth: Authenticator,
     keys: UserKeys,
     verifier: Verifier,
     byok: Byok,
-    services: ServiceTokens,
+    /// Looked up once: VerifyKey is the gateway's hot path.
+    verify_rule: &'static authorization::Rule,
 }
 
 /// UserKeyService, for `bootstrap::run`'s list of services.
@@ -69,8 +75,10 @@ impl UserKeyGrpc {
                 BaseUrls::parse(&settings.provider_base_urls)?,
                 std::time::Duration::from_secs(settings.byok_test_timeout_secs.max(1)),
             )?,
-            services: ServiceTokens::parse(&ctx.settings.service_tokens)?,
-            auth: Authenticator::with_api_keys(db.clone(), verifier.clone()),
+            auth: Authenticator::new(db.clone())
+                .with_api_keys(verifier.clone())
+                .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?),
+            verify_rule: authorization::rule(SERVICE_NAME, "VerifyKey")?,
             keys: UserKeys::new(
                 db.clone(),
                 settings.keys.clone(),
@@ -105,31 +113,6 @@ impl UserKeyGrpc {
     ) -> Result<Caller, Status> {
         let rule = authorization::rule(SERVICE_NAME, method).map_err(grpc::status)?;
         self.auth.caller_for(metadata, rule).await
-    }
-
-    /// An internal service, by its service token. A user's session is refused outright.
-    async fn service_caller(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<Caller, Status> {
-        let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-        let token = auth::bearer(text("authorization"));
-        if let Some(name) = token.and_then(|t| self.services.name_of(t)) {
-            let principal = Principal {
-                user_id: format!("service:{name}"),
-                email: String::new(),
-                role: Role::User,
-            };
-            return Ok(Caller {
-                principal,
-                request_id: auth::request_id(text("x-request-id")),
-            });
-        }
-        // Tell a user apart from a stranger, without ever serving either.
-        self.auth.caller(metadata).await?;
-        Err(grpc::status(Error::PermissionDenied(
-            "a service token is required".into(),
-        )))
     }
 }
 
@@ -179,6 +162,11 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
+        if !self.verify_rule.anonymous {
+            self.auth
+                .caller_for(req.metadata(), self.verify_rule)
+                .await?;
+        }
         reply(self.verifier.verify(req.get_ref()).await)
     }
 
@@ -234,7 +222,7 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::GetProviderKeyForUserRequest>,
     ) -> Result<Response<pb::GetProviderKeyForUserResponse>, Status> {
-        let caller = self.service_caller(req.metadata()).await?;
+        let caller = self.caller(req.metadata(), "GetProviderKeyForUser").await?;
         reply(self.byok.hand_out(&caller, req.into_inner()).await)
     }
 }

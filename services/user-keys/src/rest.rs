@@ -18,6 +18,30 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::UserKeyGrpc;
 
+/// The REST path of each RPC here, as (RPC method, HTTP method, path): checked against the
+/// OpenAPI document and the Helm chart's ingress, so that no RPC is half-added.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("CreateKey", "post", "/api/v1/account/uc-api-keys"),
+    ("ListKeys", "get", "/api/v1/account/uc-api-keys"),
+    ("GetKey", "get", "/api/v1/account/uc-api-keys/{key_id}"),
+    (
+        "RevokeKey",
+        "delete",
+        "/api/v1/account/uc-api-keys/{key_id}",
+    ),
+    (
+        "RegenerateKey",
+        "post",
+        "/api/v1/account/uc-api-keys/{key_id}/regenerate",
+    ),
+    (
+        "GetKeyUsage",
+        "get",
+        "/api/v1/account/uc-api-keys/{key_id}/usage",
+    ),
+    ("VerifyKey", "post", "/api/v1/auth/validate-key"),
+];
+
 pub fn router(service: UserKeyGrpc) -> Router {
     Router::new()
         .route(

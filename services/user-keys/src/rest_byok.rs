@@ -21,6 +21,23 @@ const PROVIDER_PATH: Places = Places {
     query: &[],
 };
 
+/// The REST path of each BYOK RPC, as (RPC method, HTTP method, path); see `rest::ROUTES`.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("ListProviders", "get", "/api/v1/byok/providers"),
+    ("ListProviderKeys", "get", "/api/v1/byok/keys"),
+    ("PutProviderKey", "post", "/api/v1/byok/keys/add"),
+    (
+        "TestProviderKey",
+        "post",
+        "/api/v1/byok/keys/test/{provider}",
+    ),
+    (
+        "DeleteProviderKey",
+        "delete",
+        "/api/v1/byok/keys/{provider}",
+    ),
+];
+
 pub fn router(service: UserKeyGrpc) -> Router {
     Router::new()
         .route("/api/v1/byok/providers", get(providers))
