@@ -1756,6 +1756,7 @@ pub struct GetDecryptedPlatformKeyRequest {
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]
 pub struct GetDecryptedPlatformKeyResponse {
+    /// The full secret.
     #[prost(string, tag = "1")]
     pub api_key: ::prost::alloc::string::String,
     /// `database` or `environment`.
