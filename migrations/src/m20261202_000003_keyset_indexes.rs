@@ -1,7 +1,7 @@
 //! Indexes that serve every keyset listing in its own order, so that a page costs the same on a
 //! table of a million rows as on an empty one: a user's keys by (owner, created_at, id), and the
-//! audit trail by (occurred_at, id), alone or after an actor or a target. Each replaces the
-//! single-column index it extends.
+//! audit trail by (occurred_at, id), alone or after an actor, an action or a target. Each
+//! replaces the single-column index it extends, where there was one.
 
 use sea_orm_migration::prelude::*;
 
@@ -9,28 +9,34 @@ use sea_orm_migration::prelude::*;
 pub struct Migration;
 
 /// (table, old index, new index, new columns)
-const CHANGES: &[(&str, &str, &str, &[&str])] = &[
+const CHANGES: &[(&str, Option<&str>, &str, &[&str])] = &[
     (
         "user_api_keys",
-        "idx_user_api_keys_user_id",
+        Some("idx_user_api_keys_user_id"),
         "idx_user_api_keys_owner_created",
         &["user_id", "created_at", "id"],
     ),
     (
         "audit_events",
-        "idx_audit_events_occurred_at",
+        Some("idx_audit_events_occurred_at"),
         "idx_audit_events_time",
         &["occurred_at", "id"],
     ),
     (
         "audit_events",
-        "idx_audit_events_actor",
+        Some("idx_audit_events_actor"),
         "idx_audit_events_actor_time",
         &["actor", "occurred_at", "id"],
     ),
     (
         "audit_events",
-        "idx_audit_events_target",
+        None,
+        "idx_audit_events_action_time",
+        &["action", "occurred_at", "id"],
+    ),
+    (
+        "audit_events",
+        Some("idx_audit_events_target"),
         "idx_audit_events_target_time",
         &["target", "occurred_at", "id"],
     ),
@@ -46,14 +52,18 @@ impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for (table, old, new, columns) in CHANGES {
             create(m, table, new, columns).await?;
-            drop(m, table, old).await?;
+            if let Some(old) = old {
+                drop(m, table, old).await?;
+            }
         }
         Ok(())
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for (table, old, new, columns) in CHANGES {
-            create(m, table, old, &columns[..1]).await?;
+            if let Some(old) = old {
+                create(m, table, old, &columns[..1]).await?;
+            }
             drop(m, table, new).await?;
         }
         Ok(())

@@ -97,13 +97,11 @@ fn rpcs() -> Vec<(String, String)> {
     out
 }
 
-/// Each service's REST routes and the RPCs it serves on gRPC only.
-fn rest_of(
-    service: &str,
-) -> (
-    Vec<(&'static str, &'static str, &'static str)>,
-    &'static [(&'static str, &'static str)],
-) {
+/// (RPC method, HTTP method, path), as each service crate's `ROUTES` holds them.
+type Route = (&'static str, &'static str, &'static str);
+
+/// Each service's REST routes and the RPCs it serves on gRPC only, with the reason.
+fn rest_of(service: &str) -> (Vec<Route>, &'static [(&'static str, &'static str)]) {
     match service {
         keyhouse_user_keys::SERVICE_NAME => (
             [

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 
-use keyhouse_domain::authorization;
 use keyhouse_domain::platform_keys::PlatformKeys;
 use keyhouse_domain::providers::BaseUrls;
 use keyhouse_proto::v1 as pb;
@@ -78,18 +77,6 @@ impl PlatformKeyGrpc {
     }
 }
 
-impl PlatformKeyGrpc {
-    /// The caller of `method`, as its row in the authorization table allows.
-    async fn caller(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-        method: &str,
-    ) -> Result<keyhouse_domain::caller::Caller, Status> {
-        let rule = authorization::rule(SERVICE_NAME, method).map_err(grpc::status)?;
-        self.auth.caller_for(metadata, rule).await
-    }
-}
-
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PlatformKeyEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -100,7 +87,10 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::ListPlatformKeysRequest>,
     ) -> Result<Response<pb::ListPlatformKeysResponse>, Status> {
-        let caller = self.caller(req.metadata(), "ListPlatformKeys").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ListPlatformKeys")
+            .await?;
         reply(self.keys.list(&caller).await)
     }
 
@@ -108,7 +98,10 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::UpdatePlatformKeyRequest>,
     ) -> Result<Response<pb::UpdatePlatformKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "UpdatePlatformKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "UpdatePlatformKey")
+            .await?;
         reply(self.keys.update(&caller, req.into_inner()).await)
     }
 
@@ -116,7 +109,10 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::DeletePlatformKeyRequest>,
     ) -> Result<Response<pb::DeletePlatformKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "DeletePlatformKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "DeletePlatformKey")
+            .await?;
         reply(self.keys.delete(&caller, req.into_inner()).await)
     }
 
@@ -125,7 +121,8 @@ impl PlatformKeyService for PlatformKeyGrpc {
         req: Request<pb::GetDecryptedPlatformKeyRequest>,
     ) -> Result<Response<pb::GetDecryptedPlatformKeyResponse>, Status> {
         let caller = self
-            .caller(req.metadata(), "GetDecryptedPlatformKey")
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "GetDecryptedPlatformKey")
             .await?;
         reply(self.keys.decrypted(&caller, req.into_inner()).await)
     }
@@ -135,7 +132,8 @@ impl PlatformKeyService for PlatformKeyGrpc {
         req: Request<pb::ListPlatformKeyVersionsRequest>,
     ) -> Result<Response<pb::ListPlatformKeyVersionsResponse>, Status> {
         let caller = self
-            .caller(req.metadata(), "ListPlatformKeyVersions")
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ListPlatformKeyVersions")
             .await?;
         reply(self.keys.versions(&caller, req.into_inner()).await)
     }
@@ -144,7 +142,10 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::RollbackPlatformKeyRequest>,
     ) -> Result<Response<pb::UpdatePlatformKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "RollbackPlatformKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "RollbackPlatformKey")
+            .await?;
         reply(self.keys.rollback(&caller, req.into_inner()).await)
     }
 
@@ -152,7 +153,10 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::TestPlatformKeyRequest>,
     ) -> Result<Response<pb::TestPlatformKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "TestPlatformKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "TestPlatformKey")
+            .await?;
         reply(self.keys.test(&caller, req.into_inner()).await)
     }
 
@@ -160,7 +164,10 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::WatchPlatformKeysRequest>,
     ) -> Result<Response<Self::WatchPlatformKeysStream>, Status> {
-        let caller = self.caller(req.metadata(), "WatchPlatformKeys").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "WatchPlatformKeys")
+            .await?;
         let events = self
             .keys
             .watch(&caller, req.into_inner())
@@ -174,7 +181,10 @@ impl PlatformKeyService for PlatformKeyGrpc {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let caller = self.caller(req.metadata(), "ListAuditEvents").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ListAuditEvents")
+            .await?;
         reply(self.keys.audit_events(&caller, req.into_inner()).await)
     }
 }

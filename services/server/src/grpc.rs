@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use keyhouse_domain::Error;
-use keyhouse_domain::authorization::{Reach, Rule};
+use keyhouse_domain::authorization::{self, Reach, Rule};
 use keyhouse_domain::caller::{AuthFailure, Caller, Principal, Role};
 use keyhouse_domain::crypto::api_key;
 use keyhouse_domain::storage::sessions;
@@ -74,6 +74,17 @@ impl Authenticator {
     /// Also internal services' tokens, where a row allows them.
     pub fn with_service_tokens(self, services: ServiceTokens) -> Self {
         Self { services, ..self }
+    }
+
+    /// The caller of `service`'s `method`, as its row in the authorization table allows.
+    pub async fn caller_of(
+        &self,
+        metadata: &MetadataMap,
+        service: &str,
+        method: &str,
+    ) -> Result<Caller, tonic::Status> {
+        let rule = authorization::rule(service, method).map_err(status)?;
+        self.caller_for(metadata, rule).await
     }
 
     /// The caller of an RPC whose row in the authorization table is `rule`: an internal

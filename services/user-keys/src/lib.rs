@@ -4,7 +4,6 @@
 
 use keyhouse_domain::authorization;
 use keyhouse_domain::byok::Byok;
-use keyhouse_domain::caller::Caller;
 use keyhouse_domain::providers::BaseUrls;
 use keyhouse_domain::user_keys::UserKeys;
 use keyhouse_domain::verify::Verifier;
@@ -13,7 +12,7 @@ use keyhouse_proto::v1::user_key_service_server::{UserKeyService, UserKeyService
 use keyhouse_server::Services;
 use keyhouse_server::auth::ServiceTokens;
 use keyhouse_server::bootstrap::{BoxFuture, Context, Mount};
-use keyhouse_server::grpc::{self, Authenticator, reply};
+use keyhouse_server::grpc::{Authenticator, reply};
 use tonic::{Request, Response, Status};
 
 pub mod rest;
@@ -104,25 +103,16 @@ impl UserKeyGrpc {
     }
 }
 
-impl UserKeyGrpc {
-    /// The caller of `method`, as its row in the authorization table allows.
-    async fn caller(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-        method: &str,
-    ) -> Result<Caller, Status> {
-        let rule = authorization::rule(SERVICE_NAME, method).map_err(grpc::status)?;
-        self.auth.caller_for(metadata, rule).await
-    }
-}
-
 #[tonic::async_trait]
 impl UserKeyService for UserKeyGrpc {
     async fn create_key(
         &self,
         req: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::IssuedKey>, Status> {
-        let caller = self.caller(req.metadata(), "CreateKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "CreateKey")
+            .await?;
         reply(self.keys.create(&caller, req.into_inner()).await)
     }
 
@@ -130,7 +120,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let caller = self.caller(req.metadata(), "ListKeys").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ListKeys")
+            .await?;
         reply(self.keys.list(&caller, req.into_inner()).await)
     }
 
@@ -138,7 +131,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = self.caller(req.metadata(), "GetKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "GetKey")
+            .await?;
         reply(self.keys.get(&caller, req.into_inner()).await)
     }
 
@@ -146,7 +142,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "RevokeKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "RevokeKey")
+            .await?;
         reply(self.keys.revoke(&caller, req.into_inner()).await)
     }
 
@@ -154,7 +153,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::RegenerateKeyRequest>,
     ) -> Result<Response<pb::IssuedKey>, Status> {
-        let caller = self.caller(req.metadata(), "RegenerateKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "RegenerateKey")
+            .await?;
         reply(self.keys.regenerate(&caller, req.into_inner()).await)
     }
 
@@ -174,7 +176,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::GetKeyUsageRequest>,
     ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
-        let caller = self.caller(req.metadata(), "GetKeyUsage").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "GetKeyUsage")
+            .await?;
         reply(self.keys.usage(&caller, req.into_inner()).await)
     }
 
@@ -182,7 +187,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        let caller = self.caller(req.metadata(), "ListProviders").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ListProviders")
+            .await?;
         reply(self.byok.providers(&caller).await)
     }
 
@@ -190,7 +198,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::PutProviderKeyRequest>,
     ) -> Result<Response<pb::PutProviderKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "PutProviderKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "PutProviderKey")
+            .await?;
         reply(self.byok.put(&caller, req.into_inner()).await)
     }
 
@@ -198,7 +209,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::ListProviderKeysRequest>,
     ) -> Result<Response<pb::ListProviderKeysResponse>, Status> {
-        let caller = self.caller(req.metadata(), "ListProviderKeys").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ListProviderKeys")
+            .await?;
         reply(self.byok.list(&caller).await)
     }
 
@@ -206,7 +220,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::DeleteProviderKeyRequest>,
     ) -> Result<Response<pb::DeleteProviderKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "DeleteProviderKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "DeleteProviderKey")
+            .await?;
         reply(self.byok.delete(&caller, req.into_inner()).await)
     }
 
@@ -214,7 +231,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::TestProviderKeyRequest>,
     ) -> Result<Response<pb::TestProviderKeyResponse>, Status> {
-        let caller = self.caller(req.metadata(), "TestProviderKey").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "TestProviderKey")
+            .await?;
         reply(self.byok.test(&caller, req.into_inner()).await)
     }
 
@@ -222,7 +242,10 @@ impl UserKeyService for UserKeyGrpc {
         &self,
         req: Request<pb::GetProviderKeyForUserRequest>,
     ) -> Result<Response<pb::GetProviderKeyForUserResponse>, Status> {
-        let caller = self.caller(req.metadata(), "GetProviderKeyForUser").await?;
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "GetProviderKeyForUser")
+            .await?;
         reply(self.byok.hand_out(&caller, req.into_inner()).await)
     }
 }
