@@ -11,7 +11,34 @@ on_both_databases!(
     calls_without_a_session_are_unauthenticated,
     unknown_and_expired_sessions_are_refused,
     the_session_cookie_works_like_a_bearer_token,
+    a_deleted_session_ends_at_once_without_the_cache_and_when_its_entry_lapses_with_it,
 );
+
+async fn a_deleted_session_ends_at_once_without_the_cache_and_when_its_entry_lapses_with_it(
+    backend: Backend,
+) {
+    let uncached = TestServer::start_with(backend, |s| s.session_cache_secs = 0).await;
+    let token = uncached.session("alice", Role::User).await.to_string();
+    assert_eq!(list(&uncached, &token).await, Ok(()));
+    uncached.exec("DELETE FROM sessions").await;
+    assert_eq!(
+        list(&uncached, &token).await,
+        Err(Code::Unauthenticated),
+        "without the cache a deleted session ends at once"
+    );
+
+    let cached = TestServer::start_with(backend, |s| s.session_cache_secs = 1).await;
+    let token = cached.session("bob", Role::User).await.to_string();
+    assert_eq!(list(&cached, &token).await, Ok(()));
+    cached.exec("DELETE FROM sessions").await;
+    assert_eq!(
+        list(&cached, &token).await,
+        Ok(()),
+        "remembered for its entry's second, as the README says"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(list(&cached, &token).await, Err(Code::Unauthenticated));
+}
 
 async fn calls_without_a_session_are_unauthenticated(backend: Backend) {
     let server = TestServer::start(backend).await;
@@ -100,4 +127,15 @@ async fn the_session_cookie_works_like_a_bearer_token(backend: Backend) {
         .expect("cookie session")
         .into_inner();
     assert_eq!(key.key_name, "from a browser");
+}
+
+/// ListKeys with a session token: Ok, or the status code it failed with.
+async fn list(server: &TestServer, token: &str) -> Result<(), Code> {
+    server
+        .user_client(Some(token))
+        .await
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| s.code())
 }

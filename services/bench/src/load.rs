@@ -1,34 +1,47 @@
-//! Load generation over real gRPC: closed loop (a fixed number of requests in flight, for the
-//! maximum rate) and open loop (a fixed rate, for latency without coordinated omission).
+//! Load generation over real gRPC or HTTP: closed loop (a fixed number of requests in flight,
+//! for the maximum rate) and open loop (a fixed rate, for latency without coordinated omission).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
+/// One call of the operation under test on a target (a gRPC channel, an HTTP client).
+pub type CallOn<T> = Arc<dyn Fn(T) -> futures_lite::BoxFuture<bool> + Send + Sync>;
+
 /// One call of the RPC under test on a channel.
-pub type Call = Arc<dyn Fn(Channel) -> futures_lite::BoxFuture<bool> + Send + Sync>;
+pub type Call = CallOn<Channel>;
 
 pub mod futures_lite {
     pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 }
 
 pub struct Outcome {
+    pub count: usize,
     pub failures: u64,
     pub per_second: f64,
     pub p50: Duration,
     pub p99: Duration,
 }
 
+/// A duration as milliseconds, for the tables.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The `q` quantile of sorted latencies (zero when there are none).
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
 fn summarize(mut latencies: Vec<Duration>, failures: u64, elapsed: Duration) -> Outcome {
     latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
+    let at = |q: f64| quantile(&latencies, q);
     Outcome {
+        count: latencies.len(),
         failures,
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
@@ -36,18 +49,24 @@ fn summarize(mut latencies: Vec<Duration>, failures: u64, elapsed: Duration) -> 
     }
 }
 
-/// `concurrency` requests in flight for `seconds`.
-pub async fn closed(channels: &[Channel], call: Call, concurrency: usize, seconds: u64) -> Outcome {
+/// `concurrency` requests in flight for `seconds`: each worker issues its calls back to back on
+/// target `i % targets.len()`.
+pub async fn closed<T: Clone + Send + 'static>(
+    targets: &[T],
+    call: CallOn<T>,
+    concurrency: usize,
+    seconds: u64,
+) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|i| {
-            let (channel, call) = (channels[i % channels.len()].clone(), call.clone());
+            let (target, call) = (targets[i % targets.len()].clone(), call.clone());
             tokio::spawn(async move {
                 let (mut latencies, mut failures) = (Vec::new(), 0u64);
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    if call(channel.clone()).await {
+                    if call(target.clone()).await {
                         latencies.push(t.elapsed());
                     } else {
                         failures += 1;

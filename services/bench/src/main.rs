@@ -1,9 +1,14 @@
-//! keyhouse-bench: the verification path's numbers, measured in one run so that ratios hold
-//! on a noisy machine. `cargo run --release -p keyhouse-bench` prints a Markdown report; the
-//! results and the command are kept in BENCHMARKS.md.
+//! keyhouse-bench: the verification path's numbers (1-8), the REST paths (9) and listing at
+//! scale (10), measured in one run so that ratios hold on a noisy machine.
+//! `cargo run --release -p keyhouse-bench` prints a Markdown report; the results and the command
+//! are kept in BENCHMARKS.md.
 
 mod alloc;
+mod breakdown;
+mod fill;
 mod load;
+mod rest;
+mod scale;
 mod scenarios;
 mod setup;
 mod traces;
@@ -14,7 +19,9 @@ use clap::Parser;
 static ALLOC: alloc::Counting = alloc::Counting;
 
 #[derive(Parser, Clone)]
-#[command(about = "Benchmarks of keyhouse's verification path")]
+#[command(
+    about = "Benchmarks of keyhouse: the verification path, the REST paths, listing at scale"
+)]
 pub struct Args {
     /// Seconds each closed-loop load runs.
     #[arg(long, default_value_t = 10)]
@@ -28,16 +35,26 @@ pub struct Args {
     /// bcrypt cost of the keys, as in production.
     #[arg(long, default_value_t = 12)]
     pub bcrypt_cost: u32,
-    /// The PostgreSQL server for the replica benchmark.
+    /// bcrypt cost of the servers of benchmarks 9 and 10, which mint keys in bulk: low, so that
+    /// a cold lookup there measures storage more than bcrypt.
+    #[arg(long, default_value_t = 4)]
+    pub bulk_bcrypt_cost: u32,
+    /// The PostgreSQL server for benchmarks 5, 9 and 10 (each makes and drops its databases).
     #[arg(
         long,
         env = "KEYHOUSE_TEST_POSTGRES_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres_url: String,
-    /// Only these benchmarks (1-8); all when empty.
+    /// Only these benchmarks (1-10); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
+}
+
+impl Args {
+    pub fn wanted(&self, n: u32) -> bool {
+        self.only.is_empty() || self.only.contains(&n)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +70,33 @@ fn main() -> anyhow::Result<()> {
         .thread_name("load")
         .enable_all()
         .build()?;
-    client_rt.block_on(scenarios::run(&args, server_rt.handle().clone()))
+    client_rt.block_on(async {
+        println!("# keyhouse benchmarks\n");
+        println!(
+            "{} s closed-loop runs, {} requests in flight over {} HTTP/2 connections, bcrypt cost {} ({} for 9 and 10), \
+             SQLite unless noted; server and load generator share the machine ({} cores).\n",
+            args.seconds,
+            args.concurrency,
+            args.connections,
+            args.bcrypt_cost,
+            args.bulk_bcrypt_cost,
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        );
+        let rest_and_scale = async {
+            if args.wanted(9) {
+                rest::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(10) {
+                scale::run(&args, server_rt.handle()).await?;
+            }
+            Ok(())
+        };
+        if (1..=8).any(|n| args.wanted(n)) {
+            scenarios::run(&args, server_rt.handle().clone(), rest_and_scale).await
+        } else {
+            rest_and_scale.await
+        }
+    })
 }

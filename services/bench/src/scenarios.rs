@@ -12,13 +12,9 @@ use keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient;
 use keyhouse_proto::v1::verify_key_response::Reason;
 use tonic::transport::Channel;
 
-use crate::load::{self, Call};
+use crate::load::{self, Call, ms};
 use crate::setup::{self, Server};
 use crate::{Args, alloc};
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn verify_call(key: String) -> Call {
     let request = pb::VerifyKeyRequest {
@@ -75,12 +71,18 @@ async fn channels(server: &Server, n: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(out)
 }
 
-pub async fn run(args: &Args, server_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
-    let wanted = |n: u32| args.only.is_empty() || args.only.contains(&n);
+/// Benchmarks 1-8, with `before_traces` (the others) run before 8: benchmark 8 installs the
+/// process's tracing subscriber, which then stays and would log and trace every later call.
+pub async fn run(
+    args: &Args,
+    server_rt: tokio::runtime::Handle,
+    before_traces: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let wanted = |n: u32| args.wanted(n);
     let dir =
         std::env::temp_dir().join(format!("keyhouse-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
-    let server = setup::sqlite(&dir, args.bcrypt_cost, &server_rt).await?;
+    let server = setup::sqlite(&dir, args, &server_rt).await?;
     let chans = channels(&server, args.connections).await?;
     let key = server
         .key(
@@ -91,18 +93,6 @@ pub async fn run(args: &Args, server_rt: tokio::runtime::Handle) -> anyhow::Resu
             },
         )
         .await?;
-    println!("# keyhouse verification benchmarks\n");
-    println!(
-        "{} s closed-loop runs, {} requests in flight over {} HTTP/2 connections, bcrypt cost {}, SQLite unless noted; \
-         server and load generator share the machine ({} cores).\n",
-        args.seconds,
-        args.concurrency,
-        args.connections,
-        args.bcrypt_cost,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
     // Warm the cache.
     load::closed(&chans, verify_call(key.api_key.clone()), 1, 1).await;
 
@@ -369,6 +359,7 @@ pub async fn run(args: &Args, server_rt: tokio::runtime::Handle) -> anyhow::Resu
             cached_rate / per_second.max(0.001)
         );
     }
+    before_traces.await?;
     if wanted(8) {
         crate::traces::run(
             args,
@@ -385,10 +376,17 @@ pub async fn run(args: &Args, server_rt: tokio::runtime::Handle) -> anyhow::Resu
     Ok(())
 }
 
-/// 5. Revocation on one replica seen by another on the same PostgreSQL database.
+/// Benchmark 5: revocation on one replica seen by another on the same PostgreSQL database,
+/// which is dropped afterwards.
 async fn replicas(args: &Args, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let url = setup::postgres_database(&args.postgres_url).await?;
-    let settings = setup::settings(url, args.bcrypt_cost);
+    let outcome = replicas_on(args, rt, &url).await;
+    setup::drop_postgres_database(&args.postgres_url, &url).await?;
+    outcome
+}
+
+async fn replicas_on(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow::Result<()> {
+    let settings = setup::settings(url.to_owned(), args.bcrypt_cost);
     let first = setup::start(settings.clone(), rt).await?;
     let second = setup::start(settings, rt).await?;
     let mut owner_token = None;
@@ -469,12 +467,15 @@ async fn replicas(args: &Args, rt: &tokio::runtime::Handle) -> anyhow::Result<()
         ms(at(0.99)),
         ms(at(1.0))
     );
+    first.stop().await;
+    second.stop().await;
     Ok(())
 }
 
 /// 6. Heap bytes per cached key, with 1,000,000 keys cached.
 fn memory() {
     const N: usize = 1_000_000;
+    alloc::counting(true);
     let before = alloc::live_bytes();
     let cache: Cache<Arc<KeyInfo>> = Cache::new(N, Duration::from_secs(300));
     let now = Instant::now();
@@ -487,12 +488,13 @@ fn memory() {
         cache.insert(digest, Arc::new(info), now);
     }
     let after = alloc::live_bytes();
+    alloc::counting(false);
     let held = cache.len();
     println!("## 6. Memory per cached key\n");
     println!(
         "{held} keys cached: {:.1} MiB of heap, **{:.0} bytes per key** (goal ≤ 300), counted by the allocator (table, entries, shared key info and user id).\n",
-        (after - before) as f64 / 1048576.0,
-        (after - before) as f64 / held as f64
+        after.wrapping_sub(before) as f64 / 1048576.0,
+        after.wrapping_sub(before) as f64 / held as f64
     );
     drop(cache);
 }

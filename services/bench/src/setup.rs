@@ -1,5 +1,6 @@
 //! Servers for the benchmarks: `keyhouse serve` in-process on its own runtime, over a fresh
-//! SQLite file or a fresh PostgreSQL database, and sessions to mint keys with.
+//! SQLite file or a fresh PostgreSQL database (dropped again afterwards), and sessions to mint
+//! keys and call the API with.
 
 use std::net::SocketAddr;
 
@@ -14,10 +15,13 @@ use keyhouse_server::ServerSettings;
 use sea_orm::ConnectionTrait;
 use tonic::transport::Channel;
 
+use crate::Args;
+
 pub struct Server {
     pub addr: SocketAddr,
     pub settings: ServerSettings,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
 }
 
 pub fn settings(database_url: String, bcrypt_cost: u32) -> ServerSettings {
@@ -30,17 +34,11 @@ pub fn settings(database_url: String, bcrypt_cost: u32) -> ServerSettings {
 
 pub async fn sqlite(
     dir: &std::path::Path,
-    bcrypt_cost: u32,
+    args: &Args,
     rt: &tokio::runtime::Handle,
 ) -> anyhow::Result<Server> {
-    start(
-        settings(
-            format!("sqlite://{}/bench.db?mode=rwc", dir.display()),
-            bcrypt_cost,
-        ),
-        rt,
-    )
-    .await
+    let url = format!("sqlite://{}/bench.db?mode=rwc", dir.display());
+    start(settings(url, args.bcrypt_cost), rt).await
 }
 
 /// A fresh database on the PostgreSQL server at `url`.
@@ -56,17 +54,31 @@ pub async fn postgres_database(url: &str) -> anyhow::Result<String> {
     Ok(format!("{server}/{name}"))
 }
 
+/// Drops a database made by `postgres_database`, closing whatever still holds a connection.
+pub async fn drop_postgres_database(url: &str, database_url: &str) -> anyhow::Result<()> {
+    let (_, name) = database_url
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("no database in {database_url}"))?;
+    anyhow::ensure!(name.starts_with("keyhouse_bench_"), "not a bench database");
+    let conn = db::connect(url).await?;
+    conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// `keyhouse serve` on a port of its own.
 pub async fn start(
     settings: ServerSettings,
     rt: &tokio::runtime::Handle,
 ) -> anyhow::Result<Server> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let addr = socket.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = settings.clone();
-    rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    let served = rt.spawn(async move {
+        let listener = socket.listen(128).expect("listener");
         if let Err(e) = keyhouse::serve(run, listener, async {
             let _ = stopped.await;
         })
@@ -89,7 +101,8 @@ pub async fn start(
                 return Ok(Server {
                     addr,
                     settings,
-                    _stop: stop,
+                    stop,
+                    served,
                 });
             }
         }
@@ -105,22 +118,41 @@ impl Server {
             .await?)
     }
 
+    /// Stops the server and waits (up to 10 s) until it has let go of its database.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.served).await;
+    }
+
+    /// A session token for `user`, valid for an hour.
+    pub async fn session(&self, user: &str, role: Role) -> anyhow::Result<String> {
+        let conn = db::connect(&self.settings.domain.database_url).await?;
+        let token =
+            storage::sessions::create(&conn, user, "", role, chrono::Duration::hours(1)).await?;
+        conn.close().await?;
+        Ok(token.as_str().to_owned())
+    }
+
     /// Mints a key for `user` through the real API.
     pub async fn key(
         &self,
         user: &str,
         req: pb::CreateKeyRequest,
     ) -> anyhow::Result<pb::IssuedKey> {
-        let conn = db::connect(&self.settings.domain.database_url).await?;
-        let token =
-            storage::sessions::create(&conn, user, "", Role::User, chrono::Duration::hours(1))
-                .await?;
+        let token = self.session(user, Role::User).await?;
         let mut client = UserKeyServiceClient::new(self.channel().await?);
-        let mut request = tonic::Request::new(req);
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", token.as_str()).parse()?,
-        );
-        Ok(client.create_key(request).await?.into_inner())
+        Ok(client
+            .create_key(authorized(req, &token)?)
+            .await?
+            .into_inner())
     }
+}
+
+/// A gRPC request carrying a session token.
+pub fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
 }

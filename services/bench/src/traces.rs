@@ -69,7 +69,7 @@ pub async fn run(
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir)?;
-    let traced: Server = setup::sqlite(&dir, args.bcrypt_cost, server_rt).await?;
+    let traced: Server = setup::sqlite(&dir, args, server_rt).await?;
     let mut chans = Vec::new();
     for _ in 0..args.connections {
         chans.push(traced.channel().await?);

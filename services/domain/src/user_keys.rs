@@ -15,7 +15,7 @@ use crate::crypto::mask;
 use crate::entities::user_api_keys;
 use crate::error::{Error, Result};
 use crate::paging::{self, Cursor};
-use crate::storage::user_keys::{self as store, NewSecret, Status};
+use crate::storage::user_keys::{self as store, Listed, NewSecret, Status};
 use crate::storage::{audit, now};
 use crate::timestamp;
 use crate::verify::{Verifier, parse_network};
@@ -135,7 +135,7 @@ impl UserKeys {
             id: r.id,
         });
         Ok(pb::ListKeysResponse {
-            keys: rows.iter().map(|r| listed(r, now)).collect(),
+            keys: rows.into_iter().map(|r| listed(r, now)).collect(),
             next_page_token,
         })
     }
@@ -144,7 +144,7 @@ impl UserKeys {
     pub async fn get(&self, caller: &Caller, req: pb::GetKeyRequest) -> Result<pb::ApiKey> {
         let id = parse_key_id(&req.key_id)?;
         let row = self.find(caller, id).await?;
-        Ok(listed(&row, now()))
+        Ok(listed(row.into(), now()))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %caller.user_id(), request_id = %caller.request_id))]
@@ -377,15 +377,19 @@ fn revoked() -> Error {
 }
 
 fn permissions_of(row: &user_api_keys::Model) -> Vec<String> {
-    serde_json::from_value(row.permissions.clone()).unwrap_or_default()
+    strings(&row.permissions)
 }
 
-fn preview_of(row: &user_api_keys::Model) -> String {
-    mask::preview_parts(
-        &row.key_prefix,
-        &row.key_last4,
-        crate::crypto::api_key::KEY_LEN,
-    )
+/// A stored JSON array of strings (scopes, networks), read without copying the JSON first.
+fn strings(json: &serde_json::Value) -> Vec<String> {
+    json.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn issued(row: &user_api_keys::Model, key: &ApiKey, warning: &str) -> pb::IssuedKey {
@@ -401,22 +405,24 @@ fn issued(row: &user_api_keys::Model, key: &ApiKey, warning: &str) -> pb::Issued
     }
 }
 
-fn listed(row: &user_api_keys::Model, now: DateTime<Utc>) -> pb::ApiKey {
+fn listed(row: Listed, now: DateTime<Utc>) -> pb::ApiKey {
     pb::ApiKey {
         key_id: row.id.to_string(),
-        key_name: row.key_name.clone(),
-        key_preview: preview_of(row),
-        permissions: permissions_of(row),
+        key_preview: mask::preview_parts(
+            &row.key_prefix,
+            &row.key_last4,
+            crate::crypto::api_key::KEY_LEN,
+        ),
+        key_name: row.key_name,
+        permissions: strings(&row.permissions),
         created_at: Some(timestamp(row.created_at)),
         last_used: row.last_used.map(timestamp),
         expires_at: row.expires_at.map(timestamp),
         is_active: row.is_active,
-        status: Status::of(row, now).as_str().to_owned(),
+        status: Status::of(row.is_active, row.expires_at, now)
+            .as_str()
+            .to_owned(),
         rate_limit_per_minute: row.rate_limit_per_minute,
-        allowed_ips: row
-            .allowed_ips
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default(),
+        allowed_ips: row.allowed_ips.as_ref().map(strings).unwrap_or_default(),
     }
 }

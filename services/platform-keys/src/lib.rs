@@ -59,7 +59,7 @@ impl PlatformKeyGrpc {
             ctx.feed.clone(),
         )?;
         Ok(Self {
-            auth: Authenticator::new(ctx.db.clone()),
+            auth: Authenticator::new(ctx.db.clone(), ctx.sessions.clone()),
             keys,
         })
     }

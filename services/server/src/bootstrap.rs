@@ -4,6 +4,7 @@
 //! list of services and the deployment they pass; tests call `run` with a listener on port 0.
 
 use std::future::Future;
+use std::time::Duration;
 
 use keyhouse_domain::change_feed::ChangeFeed;
 use keyhouse_domain::crypto::fernet_ring::KeyRing;
@@ -12,6 +13,7 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
 use crate::router::{self, Services};
+use crate::session_cache::SessionCache;
 use crate::settings::ServerSettings;
 use crate::{key_file, metrics, telemetry};
 
@@ -34,6 +36,8 @@ pub struct Context {
     pub db: DatabaseConnection,
     pub feed: ChangeFeed,
     pub ring: KeyRing,
+    /// Shared by every service's `Authenticator`.
+    pub sessions: SessionCache,
 }
 
 /// A service a binary can serve: it builds itself on the context and adds its gRPC service,
@@ -75,11 +79,13 @@ pub async fn run(
     metrics::install_observer();
     let feed = ChangeFeed::start(&db, url).await?;
     let mut services = Services::new(db.clone());
+    let sessions = SessionCache::new(Duration::from_secs(settings.session_cache_secs));
     let ctx = Context {
         settings,
         db,
         feed,
         ring,
+        sessions,
     };
     for mount in mounts {
         mount.mount(&ctx, &mut services).await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use keyhouse_domain::Error;
 use keyhouse_domain::authorization::{self, Reach, Rule};
 use keyhouse_domain::caller::{AuthFailure, Caller, Principal, Role};
-use keyhouse_domain::crypto::api_key;
+use keyhouse_domain::crypto::{api_key, session_token};
 use keyhouse_domain::storage::sessions;
 use keyhouse_domain::verify::Verifier;
 use keyhouse_proto::v1 as pb;
@@ -15,6 +15,7 @@ use sea_orm::DatabaseConnection;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::{self, ServiceTokens};
+use crate::session_cache::SessionCache;
 
 /// A domain result as a gRPC answer: what every service method returns.
 pub fn reply<T>(result: keyhouse_domain::Result<T>) -> Result<tonic::Response<T>, tonic::Status> {
@@ -49,15 +50,17 @@ pub fn status(err: Error) -> tonic::Status {
 #[derive(Clone)]
 pub struct Authenticator {
     db: DatabaseConnection,
+    sessions: SessionCache,
     api_keys: Option<Verifier>,
     services: ServiceTokens,
 }
 
 impl Authenticator {
-    /// Sessions only.
-    pub fn new(db: DatabaseConnection) -> Self {
+    /// Sessions only, remembered in `sessions` for a moment once resolved.
+    pub fn new(db: DatabaseConnection, sessions: SessionCache) -> Self {
         Self {
             db,
+            sessions,
             api_keys: None,
             services: ServiceTokens::default(),
         }
@@ -137,8 +140,20 @@ impl Authenticator {
 
     pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, tonic::Status> {
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-        let token = auth::session_token(text("authorization"), text("cookie"));
-        let principal = sessions::resolve(&self.db, token).await.map_err(status)?;
+        let token = auth::session_token(text("authorization"), text("cookie"))
+            .ok_or_else(|| status(Error::Unauthenticated(AuthFailure::NoToken)))?;
+        let digest = session_token::digest(token);
+        let now = chrono::Utc::now();
+        let principal = match self.sessions.get(&digest, now) {
+            Some(principal) => principal,
+            None => {
+                let (principal, expires_at) =
+                    sessions::find(&self.db, &digest).await.map_err(status)?;
+                self.sessions
+                    .put(digest, principal.clone(), now, expires_at);
+                principal
+            }
+        };
         Ok(Caller {
             principal,
             request_id: auth::request_id(text("x-request-id")),

@@ -13,6 +13,7 @@ mod probes;
 pub mod request_name;
 pub mod rest;
 pub mod router;
+pub mod session_cache;
 pub mod settings;
 pub mod telemetry;
 

@@ -28,6 +28,12 @@ pub struct ServerSettings {
     )]
     pub service_tokens: Vec<String>,
 
+    /// How long a resolved session is remembered on this replica (seconds, never past the
+    /// session's end); 0 looks every call up. A session deleted from the table works here until
+    /// its entry lapses.
+    #[arg(long, env = "KEYHOUSE_SESSION_CACHE_SECS", default_value_t = 5)]
+    pub session_cache_secs: u64,
+
     /// Log format: `pretty` or `json`.
     #[arg(
         long,
@@ -48,6 +54,7 @@ impl ServerSettings {
             listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
             cors_origins: Vec::new(),
             service_tokens: Vec::new(),
+            session_cache_secs: 5,
             log_format: crate::telemetry::LogFormat::Pretty,
             domain: Settings::new(database_url),
         }

@@ -219,16 +219,15 @@ impl Byok {
             .await?
             .ok_or_else(|| no_key(provider))?;
         let key = self.ring.decrypt(&row.ciphertext)?;
-        let txn = crate::db::begin(&self.db).await?;
+        // One statement commits on its own: no BEGIN and COMMIT round trips around it.
         audit::record(
-            &txn,
+            &self.db,
             caller,
             "provider_key.hand_out",
             &format!("{user_id}/{}", provider.id),
             json!({ "user_id": user_id }),
         )
         .await?;
-        txn.commit().await?;
         Ok(pb::GetProviderKeyForUserResponse {
             provider: provider.id.into(),
             api_key: key.to_string(),

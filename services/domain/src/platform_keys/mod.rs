@@ -257,9 +257,9 @@ impl PlatformKeys {
         let value = self
             .reveal(spec, &current)?
             .ok_or_else(|| not_configured(spec))?;
-        let txn = crate::db::begin(&self.db).await?;
+        // One statement commits on its own: no BEGIN and COMMIT round trips around it.
         audit::record(
-            &txn,
+            &self.db,
             caller,
             "platform_key.decrypt",
             spec.id,
@@ -270,7 +270,6 @@ impl PlatformKeys {
             }),
         )
         .await?;
-        txn.commit().await?;
         tracing::info!(
             source = current.source.as_str(),
             "platform key decrypted for an admin"
@@ -326,9 +325,9 @@ impl PlatformKeys {
             .ok_or_else(|| not_configured(spec))?;
         let base = self.urls.get(spec.id, spec.base_url);
         let outcome = providers::run(&self.http, base, live, &value, LIVE_TEST_TIMEOUT).await;
-        let txn = crate::db::begin(&self.db).await?;
+        // One statement commits on its own: no BEGIN and COMMIT round trips around it.
         audit::record(
-            &txn,
+            &self.db,
             caller,
             "platform_key.test",
             spec.id,
@@ -337,7 +336,6 @@ impl PlatformKeys {
             }),
         )
         .await?;
-        txn.commit().await?;
         Ok(pb::TestPlatformKeyResponse {
             ok: outcome.ok,
             status_code: outcome.status_code,

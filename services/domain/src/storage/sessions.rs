@@ -1,7 +1,7 @@
 //! Sessions: issued by the operator command (or the Ops-Center login flow), resolved on every
 //! authenticated request.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set};
 use zeroize::Zeroizing;
 
@@ -41,11 +41,17 @@ pub async fn create(
 }
 
 /// The principal of a live session; anything else is `Unauthenticated`.
-#[tracing::instrument(name = "sessions.resolve", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn resolve(conn: &impl ConnectionTrait, token: Option<&str>) -> Result<Principal> {
     let token = token.ok_or(Error::Unauthenticated(AuthFailure::NoToken))?;
+    Ok(find(conn, &session_token::digest(token)).await?.0)
+}
+
+/// The principal of the live session stored under `digest` (`session_token::digest`), and
+/// when the session ends; anything else is `Unauthenticated`.
+#[tracing::instrument(name = "sessions.find", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn find(conn: &impl ConnectionTrait, digest: &str) -> Result<(Principal, DateTime<Utc>)> {
     let invalid = || Error::Unauthenticated(AuthFailure::InvalidSession);
-    let session = sessions::Entity::find_by_id(session_token::digest(token))
+    let session = sessions::Entity::find_by_id(digest.to_owned())
         .one(conn)
         .await?
         .ok_or_else(invalid)?;
@@ -53,9 +59,10 @@ pub async fn resolve(conn: &impl ConnectionTrait, token: Option<&str>) -> Result
         return Err(invalid());
     }
     let role = session.role.parse().map_err(|_| invalid())?;
-    Ok(Principal {
+    let principal = Principal {
         user_id: session.user_id,
         email: session.email,
         role,
-    })
+    };
+    Ok((principal, session.expires_at))
 }

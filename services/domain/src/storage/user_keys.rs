@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, DurationRound, Utc};
 use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, QueryFilter, QueryOrder, Set,
+};
 use uuid::Uuid;
 
 use crate::entities::user_api_keys::{self, ActiveModel, Column, Entity, Model};
@@ -18,10 +20,10 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn of(key: &Model, now: DateTime<Utc>) -> Self {
-        if !key.is_active {
+    pub fn of(is_active: bool, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        if !is_active {
             Status::Revoked
-        } else if key.expires_at.is_some_and(|at| at <= now) {
+        } else if expires_at.is_some_and(|at| at <= now) {
             Status::Expired
         } else {
             Status::Active
@@ -77,6 +79,42 @@ pub async fn find_owned(
         .await?)
 }
 
+/// What a listing shows of a key: every column but the hash, the owner and the metadata, which
+/// a page of 500 would otherwise fetch and decode for nothing.
+#[derive(Clone, Debug, DerivePartialModel)]
+#[sea_orm(entity = "Entity")]
+pub struct Listed {
+    pub id: Uuid,
+    pub key_name: String,
+    pub key_prefix: String,
+    pub key_last4: String,
+    pub permissions: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub last_used: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub is_active: bool,
+    pub rate_limit_per_minute: Option<i32>,
+    pub allowed_ips: Option<serde_json::Value>,
+}
+
+impl From<Model> for Listed {
+    fn from(m: Model) -> Self {
+        Self {
+            id: m.id,
+            key_name: m.key_name,
+            key_prefix: m.key_prefix,
+            key_last4: m.key_last4,
+            permissions: m.permissions,
+            created_at: m.created_at,
+            last_used: m.last_used,
+            expires_at: m.expires_at,
+            is_active: m.is_active,
+            rate_limit_per_minute: m.rate_limit_per_minute,
+            allowed_ips: m.allowed_ips,
+        }
+    }
+}
+
 /// One page of a user's keys, newest first; `limit + 1` rows are read to know if more follow.
 #[tracing::instrument(name = "user_keys.list_page", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn list_page(
@@ -86,13 +124,14 @@ pub async fn list_page(
     after: Option<Cursor>,
     limit: u64,
     now: DateTime<Utc>,
-) -> Result<Vec<Model>> {
+) -> Result<Vec<Listed>> {
     let mut query = Entity::find().filter(Column::UserId.eq(user_id));
     if let Some(status) = status {
         query = query.filter(status.condition(now));
     }
     Ok(
         paging::keyset(query, Column::CreatedAt, Column::Id, after, limit)
+            .into_partial_model::<Listed>()
             .all(conn)
             .await?,
     )
