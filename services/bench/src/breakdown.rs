@@ -124,7 +124,7 @@ pub async fn run(server: &Server, owner: &str, user: &str, admin: &str) -> anyho
         .await?;
         p.time(
             "session lookup",
-            "`sessions::resolve`: every authenticated call starts with it",
+            "`sessions::resolve` uncached: what a call pays when its session is not remembered",
             sessions::resolve(&db, Some(user)),
         )
         .await?;
