@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use keyhouse_domain::caller::{Caller, Principal, Role};
+use keyhouse_domain::crypto::session_token;
 use keyhouse_domain::storage::{audit, platform_keys, sessions, user_keys};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::platform_key_service_client::PlatformKeyServiceClient;
@@ -124,8 +125,8 @@ pub async fn run(server: &Server, owner: &str, user: &str, admin: &str) -> anyho
         .await?;
         p.time(
             "session lookup",
-            "`sessions::resolve` uncached: what a call pays when its session is not remembered",
-            sessions::resolve(&db, Some(user)),
+            "`sessions::find` uncached: what a call pays when its session is not remembered",
+            sessions::find(&db, &session_token::digest(user)),
         )
         .await?;
         let took = executed(&db, &page_sql).await?;

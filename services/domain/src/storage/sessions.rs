@@ -40,12 +40,6 @@ pub async fn create(
     Ok(token)
 }
 
-/// The principal of a live session; anything else is `Unauthenticated`.
-pub async fn resolve(conn: &impl ConnectionTrait, token: Option<&str>) -> Result<Principal> {
-    let token = token.ok_or(Error::Unauthenticated(AuthFailure::NoToken))?;
-    Ok(find(conn, &session_token::digest(token)).await?.0)
-}
-
 /// The principal of the live session stored under `digest` (`session_token::digest`), and
 /// when the session ends; anything else is `Unauthenticated`.
 #[tracing::instrument(name = "sessions.find", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
