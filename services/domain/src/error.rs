@@ -21,6 +21,9 @@ pub enum Error {
     /// Lost a race with a concurrent change to the same record; trying again will do.
     #[error("{0}")]
     Aborted(String),
+    /// Over a limit (a rate, a count, a capacity); the message names the limit and its setting.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]

@@ -33,6 +33,7 @@ pub fn status(err: Error) -> tonic::Status {
         Error::PermissionDenied(m) => (Code::PermissionDenied, m.clone()),
         Error::FailedPrecondition(m) => (Code::FailedPrecondition, m.clone()),
         Error::Aborted(m) => (Code::Aborted, m.clone()),
+        Error::ResourceExhausted(m) => (Code::ResourceExhausted, m.clone()),
         Error::Unavailable(m) => (Code::Unavailable, m.clone()),
         Error::Internal(cause) => {
             tracing::error!(error = ?cause, "internal error");

@@ -117,6 +117,7 @@ impl RestError {
             Error::FailedPrecondition(m) | Error::Aborted(m) => {
                 Self::detail(StatusCode::CONFLICT, m)
             }
+            Error::ResourceExhausted(m) => Self::detail(StatusCode::TOO_MANY_REQUESTS, m),
             Error::Unavailable(m) => Self::detail(StatusCode::SERVICE_UNAVAILABLE, m),
             Error::Internal(_) => Self::detail(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         }
@@ -131,6 +132,7 @@ impl RestError {
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
