@@ -16,7 +16,8 @@ pub struct CreateKeyRequest {
     #[prost(int32, optional, tag = "4")]
     pub rate_limit_per_minute: ::core::option::Option<i32>,
     /// Networks (CIDR, IPv4 or IPv6; a bare address is a /32 or /128) the key may be used from,
-    /// checked by VerifyKey when the gateway passes `client_ip`. Empty is anywhere.
+    /// checked by VerifyKey against `client_ip`: such a key is valid only when the gateway passes an
+    /// address inside them. Empty is anywhere. At most 100.
     #[prost(string, repeated, tag = "5")]
     pub allowed_ips: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
@@ -135,10 +136,11 @@ pub struct VerifyKeyRequest {
     /// The key presented to the gateway.
     #[prost(string, tag = "1")]
     pub api_key: ::prost::alloc::string::String,
-    /// Scopes the request needs; the key must hold every one.
+    /// Scopes the request needs; the key must hold every one. At most 64.
     #[prost(string, repeated, tag = "2")]
     pub required_scopes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// The caller's address, checked against the key's allowed networks when set.
+    /// The caller's address. A key with allowed networks is valid only when this is set and inside
+    /// them; without it the answer is `IP_NOT_ALLOWED`.
     #[prost(string, tag = "3")]
     pub client_ip: ::prost::alloc::string::String,
 }
@@ -479,7 +481,12 @@ pub mod user_key_service_client {
         }
         /// Mints a new API key for the caller. The full key is in the response and nowhere else,
         /// ever: it is stored only as a bcrypt hash.
-        /// Errors: INVALID_ARGUMENT naming the field (`name`, `expires_in_days`, `permissions`).
+        /// Called with a `uc_` key (scope `keys:manage`) instead of a session, the new key is bounded
+        /// by that key: no scope it lacks, no later expiry, no higher rate limit, no network outside its
+        /// allowlist.
+        /// Errors: INVALID_ARGUMENT naming the field (`name`, `expires_in_days`, `permissions`,
+        /// `rate_limit_per_minute`, `allowed_ips`); PERMISSION_DENIED naming what exceeds the calling
+        /// key; RESOURCE_EXHAUSTED over the active-keys or creates-per-minute limit.
         pub async fn create_key(
             &mut self,
             request: impl tonic::IntoRequest<super::CreateKeyRequest>,
@@ -580,7 +587,8 @@ pub mod user_key_service_client {
         /// Replaces the secret of a key, keeping its id, name and permissions, with a new expiry.
         /// The old secret stops verifying at once.
         /// Errors: INVALID_ARGUMENT for `key_id` or `expires_in_days`; NOT_FOUND "API key not found";
-        /// FAILED_PRECONDITION "Cannot regenerate a revoked key. Generate a new key instead."
+        /// FAILED_PRECONDITION "Cannot regenerate a revoked key. Generate a new key instead.";
+        /// PERMISSION_DENIED when called with a `uc_` key and the regenerated key would exceed it.
         pub async fn regenerate_key(
             &mut self,
             request: impl tonic::IntoRequest<super::RegenerateKeyRequest>,
@@ -845,7 +853,12 @@ pub mod user_key_service_server {
     pub trait UserKeyService: std::marker::Send + std::marker::Sync + 'static {
         /// Mints a new API key for the caller. The full key is in the response and nowhere else,
         /// ever: it is stored only as a bcrypt hash.
-        /// Errors: INVALID_ARGUMENT naming the field (`name`, `expires_in_days`, `permissions`).
+        /// Called with a `uc_` key (scope `keys:manage`) instead of a session, the new key is bounded
+        /// by that key: no scope it lacks, no later expiry, no higher rate limit, no network outside its
+        /// allowlist.
+        /// Errors: INVALID_ARGUMENT naming the field (`name`, `expires_in_days`, `permissions`,
+        /// `rate_limit_per_minute`, `allowed_ips`); PERMISSION_DENIED naming what exceeds the calling
+        /// key; RESOURCE_EXHAUSTED over the active-keys or creates-per-minute limit.
         async fn create_key(
             &self,
             request: tonic::Request<super::CreateKeyRequest>,
@@ -878,7 +891,8 @@ pub mod user_key_service_server {
         /// Replaces the secret of a key, keeping its id, name and permissions, with a new expiry.
         /// The old secret stops verifying at once.
         /// Errors: INVALID_ARGUMENT for `key_id` or `expires_in_days`; NOT_FOUND "API key not found";
-        /// FAILED_PRECONDITION "Cannot regenerate a revoked key. Generate a new key instead."
+        /// FAILED_PRECONDITION "Cannot regenerate a revoked key. Generate a new key instead.";
+        /// PERMISSION_DENIED when called with a `uc_` key and the regenerated key would exceed it.
         async fn regenerate_key(
             &self,
             request: tonic::Request<super::RegenerateKeyRequest>,
@@ -1882,6 +1896,9 @@ pub struct AuditEvent {
     /// Further detail as a JSON object; never a secret.
     #[prost(string, tag = "7")]
     pub details_json: ::prost::alloc::string::String,
+    /// The `uc_` key that authenticated the call, when a key (not a session) did; else empty.
+    #[prost(string, tag = "8")]
+    pub via_key_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListAuditEventsResponse {

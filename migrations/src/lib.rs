@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_initial_schema;
 mod m20261125_000002_key_limits_and_usage;
 mod m20261202_000003_keyset_indexes;
+mod m20261202_000004_key_tags_and_acting_key;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_initial_schema::Migration),
             Box::new(m20261125_000002_key_limits_and_usage::Migration),
             Box::new(m20261202_000003_keyset_indexes::Migration),
+            Box::new(m20261202_000004_key_tags_and_acting_key::Migration),
         ]
     }
 }

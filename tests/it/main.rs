@@ -20,6 +20,7 @@ mod rest_user_keys;
 mod server;
 mod stub;
 mod traces;
+mod trust;
 mod user_keys;
 mod user_keys_validation;
 mod verify;

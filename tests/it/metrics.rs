@@ -41,7 +41,7 @@ fn parse(text: &str) -> HashMap<String, f64> {
     samples
 }
 
-async fn scrape(server: &TestServer) -> (String, HashMap<String, f64>) {
+pub async fn scrape(server: &TestServer) -> (String, HashMap<String, f64>) {
     let res = server
         .http()
         .get(server.rest("/metrics"))

@@ -156,6 +156,9 @@ impl TestServer {
         let mut settings = ServerSettings::new(test_db.url.clone());
         // The lowest cost bcrypt allows: these tests are about behaviour, not hashing speed.
         settings.domain.keys.bcrypt_cost = 4;
+        // Tests make many keys for one user in a minute; the limits have tests of their own.
+        settings.domain.keys.max_active_keys_per_user = 10_000;
+        settings.domain.keys.max_key_creates_per_minute = 10_000;
         settings.domain.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
         // Isolated from whatever provider variables the machine running the tests has.
         settings.domain.platform_env = Some(EnvFallback::default());

@@ -97,6 +97,7 @@ pub async fn run(server: &Server, owner: &str, user: &str, admin: &str) -> anyho
             role: Role::Admin,
         },
         request_id: "bench".into(),
+        via_key: None,
     };
     let details = serde_json::json!({ "source": "database", "version": 1, "reason": "bench" });
     let plain = keyhouse_domain::db::connect(&no_tls(&server.settings.domain.database_url)).await?;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use keyhouse_domain::change_feed::ChangeFeed;
 use keyhouse_domain::crypto::api_key::ApiKey;
+use keyhouse_domain::crypto::key_tag::KeyTagger;
 use keyhouse_domain::verify::cache::Cache;
 use keyhouse_domain::verify::{KeyInfo, Verifier};
 use keyhouse_proto::v1 as pb;
@@ -205,6 +206,7 @@ pub async fn run(
         &server.settings.domain.keys.scopes,
         &server.settings.domain.verify,
         &feed,
+        KeyTagger::from_ring(&server.settings.domain.required_key_ring()?),
     )
     .await?;
 

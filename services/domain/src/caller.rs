@@ -4,6 +4,10 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use uuid::Uuid;
+
 pub use crate::error::AuthFailure;
 use crate::error::{Error, Result};
 
@@ -46,11 +50,27 @@ pub struct Principal {
     pub role: Role,
 }
 
-/// An authenticated request: who, and the id that ties its log lines and audit events together.
+/// What the `uc_` key that authenticated a call holds: all that a key it makes may hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyBounds {
+    pub key_id: Uuid,
+    pub scopes: Vec<String>,
+    /// `None`: the key never expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Requests a minute; `None`: unlimited.
+    pub rate_limit: Option<u32>,
+    /// `None`: usable from anywhere.
+    pub allowed: Option<Vec<IpNet>>,
+}
+
+/// An authenticated request: who, the key it came through if any, and the id that ties its log
+/// lines and audit events together.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: Principal,
     pub request_id: String,
+    /// Set when a `uc_` key, not a session, authenticated the call.
+    pub via_key: Option<KeyBounds>,
 }
 
 impl Caller {

@@ -183,6 +183,18 @@ pub struct KeyPolicy {
     /// The scopes a key may be granted (comma-separated).
     #[arg(long, env = "KEYHOUSE_SCOPES", value_delimiter = ',', default_value = DEFAULT_SCOPES)]
     pub scopes: Vec<String>,
+
+    /// Most active (unrevoked, unexpired) keys one user may hold.
+    #[arg(long, env = "KEYHOUSE_MAX_ACTIVE_KEYS_PER_USER", default_value_t = 100)]
+    pub max_active_keys_per_user: u64,
+
+    /// Most keys one user may create in a minute.
+    #[arg(
+        long,
+        env = "KEYHOUSE_MAX_KEY_CREATES_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub max_key_creates_per_minute: u64,
 }
 
 impl Default for KeyPolicy {
@@ -191,6 +203,8 @@ impl Default for KeyPolicy {
             bcrypt_cost: 12,
             allow_non_expiring_keys: false,
             scopes: DEFAULT_SCOPES.split(',').map(str::to_owned).collect(),
+            max_active_keys_per_user: 100,
+            max_key_creates_per_minute: 20,
         }
     }
 }

@@ -73,11 +73,21 @@ impl UserKeys {
             }
         };
         let allowed_ips = allowed_networks(&req.allowed_ips)?;
+        within_bounds(
+            caller,
+            &permissions,
+            expires_at,
+            rate_limit,
+            allowed_ips.as_deref(),
+        )?;
+        self.within_limits(&self.db, caller, now).await?;
         let key = ApiKey::generate()?;
         let key_hash = key.hash(self.policy.bcrypt_cost).await?;
 
         let id = Uuid::new_v4();
         let txn = crate::db::begin(&self.db).await?;
+        // Counted again where it is written: the bcrypt above gave others time to create too.
+        self.within_limits(&txn, caller, now).await?;
         let row = store::insert(
             &txn,
             user_api_keys::ActiveModel {
@@ -96,6 +106,7 @@ impl UserKeys {
                 metadata: Set(json!({})),
                 rate_limit_per_minute: Set(rate_limit),
                 allowed_ips: Set(allowed_ips.map(|a| json!(a))),
+                key_tag: Set(Some(self.verifier.tag(&key))),
             },
         )
         .await?;
@@ -187,8 +198,17 @@ impl UserKeys {
         if !current.is_active {
             return Err(revoked());
         }
+        let allowed = current.allowed_ips.as_ref().map(strings);
+        within_bounds(
+            caller,
+            &permissions_of(&current),
+            expires_at,
+            current.rate_limit_per_minute,
+            allowed.as_deref(),
+        )?;
         let key = ApiKey::generate()?;
         let secret = NewSecret {
+            key_tag: self.verifier.tag(&key),
             key_hash: key.hash(self.policy.bcrypt_cost).await?,
             key_prefix: key.lookup_prefix().to_owned(),
             key_last4: key.last4().to_owned(),
@@ -258,6 +278,29 @@ impl UserKeys {
     async fn commit_change(&self, txn: sea_orm::DatabaseTransaction, id: Uuid) -> Result<()> {
         self.feed.commit(txn, &[Change::UserKey(id)]).await?;
         self.verifier.invalidate(id);
+        Ok(())
+    }
+
+    /// The user's active keys and this minute's creates, against the policy's limits.
+    async fn within_limits(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        caller: &Caller,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let max = self.policy.max_active_keys_per_user;
+        if store::count_active(conn, caller.user_id(), now).await? >= max {
+            return Err(Error::ResourceExhausted(format!(
+                "a user may hold at most {max} active API keys (KEYHOUSE_MAX_ACTIVE_KEYS_PER_USER); revoke one first"
+            )));
+        }
+        let max = self.policy.max_key_creates_per_minute;
+        let since = now - Duration::minutes(1);
+        if store::count_created_since(conn, caller.user_id(), since).await? >= max {
+            return Err(Error::ResourceExhausted(format!(
+                "a user may create at most {max} API keys a minute (KEYHOUSE_MAX_KEY_CREATES_PER_MINUTE); try again shortly"
+            )));
+        }
         Ok(())
     }
 
@@ -366,6 +409,73 @@ fn allowed_networks(requested: &[String]) -> Result<Option<Vec<String>>> {
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// A key that makes (or regenerates) a key hands on no more than it holds: no scope it lacks, no
+/// later expiry, no higher rate limit, no network outside its own allowlist. A session caller
+/// has no such bound.
+fn within_bounds(
+    caller: &Caller,
+    scopes: &[String],
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit: Option<i32>,
+    allowed: Option<&[String]>,
+) -> Result<()> {
+    let Some(via) = &caller.via_key else {
+        return Ok(());
+    };
+    let exceeds = |what: String| {
+        Err(Error::PermissionDenied(format!(
+            "the API key making this call cannot give more than it holds: {what}"
+        )))
+    };
+    if let Some(extra) = scopes.iter().find(|s| !via.scopes.contains(s)) {
+        return exceeds(format!(
+            "permissions: '{extra}' is not one of its scopes ({})",
+            via.scopes.join(", ")
+        ));
+    }
+    if let Some(limit) = via.expires_at
+        && expires_at.is_none_or(|at| at > limit)
+    {
+        let days = (limit - Utc::now()).num_days();
+        return exceeds(format!(
+            "expires_in_days: it expires at {}, and a key it makes may not outlive it (ask for at most {days} days)",
+            limit.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    if let Some(limit) = via.rate_limit
+        && rate_limit.is_none_or(|n| i64::from(n) > i64::from(limit))
+    {
+        return exceeds(format!(
+            "rate_limit_per_minute: it is limited to {limit} requests a minute, and so must be a key it makes"
+        ));
+    }
+    if let Some(own) = &via.allowed {
+        let inside = |cidr: &String| {
+            parse_network(cidr).is_some_and(|net| own.iter().any(|o| o.contains(&net)))
+        };
+        let own_list = own
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        match allowed {
+            None => {
+                return exceeds(format!(
+                    "allowed_ips: it may only be used from {own_list}, and so must be a key it makes"
+                ));
+            }
+            Some(list) => {
+                if let Some(outside) = list.iter().find(|c| !inside(c)) {
+                    return exceeds(format!(
+                        "allowed_ips: {outside} is not within its own networks ({own_list})"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn not_found() -> Error {

@@ -170,6 +170,8 @@ pub struct AuditEventJson {
     pub request_id: String,
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    /// The `uc_` key that authenticated the call, when a key (not a session) did.
+    pub via_key_id: Option<String>,
 }
 
 /// The platform key named in the path, for a 422's `loc`.
@@ -424,6 +426,7 @@ async fn audit_events(
         .map(|e| AuditEventJson {
             occurred_at: rest::rfc3339_opt(e.occurred_at.as_ref()),
             details: serde_json::from_str(&e.details_json).unwrap_or_default(),
+            via_key_id: (!e.via_key_id.is_empty()).then_some(e.via_key_id),
             id: e.id,
             actor: e.actor,
             action: e.action,

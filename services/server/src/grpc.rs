@@ -136,6 +136,7 @@ impl Authenticator {
                 role: Role::User,
             },
             request_id: auth::request_id(text("x-request-id")),
+            via_key: None,
         })
     }
 
@@ -158,6 +159,7 @@ impl Authenticator {
         Ok(Caller {
             principal,
             request_id: auth::request_id(text("x-request-id")),
+            via_key: None,
         })
     }
 
@@ -178,7 +180,8 @@ impl Authenticator {
             required_scopes: vec![scope.to_owned()],
             client_ip: String::new(),
         };
-        let verdict = verifier.verify_unlocated(&request).await.map_err(status)?;
+        // No client address here: a key limited to IP networks is refused, never let through.
+        let (verdict, bounds) = verifier.authenticate(&request).await.map_err(status)?;
         let refused = |why: String| Err(status(Error::PermissionDenied(why)));
         match verdict.reason() {
             Reason::Valid => Ok(Caller {
@@ -188,6 +191,7 @@ impl Authenticator {
                     role: Role::User,
                 },
                 request_id: auth::request_id(text("x-request-id")),
+                via_key: bounds,
             }),
             Reason::InsufficientScope => refused(format!("this API key lacks the {scope} scope")),
             Reason::RateLimited => refused("this API key is over its rate limit".into()),

@@ -4,6 +4,7 @@
 
 use keyhouse_domain::authorization;
 use keyhouse_domain::byok::Byok;
+use keyhouse_domain::crypto::key_tag::KeyTagger;
 use keyhouse_domain::providers::BaseUrls;
 use keyhouse_domain::user_keys::UserKeys;
 use keyhouse_domain::verify::Verifier;
@@ -65,6 +66,7 @@ impl UserKeyGrpc {
             &settings.keys.scopes,
             &settings.verify,
             &ctx.feed,
+            KeyTagger::from_ring(&ctx.ring),
         )
         .await?;
         Ok(Self {

@@ -157,6 +157,10 @@ pub struct UsageJson {
 #[derive(Deserialize, ToSchema)]
 pub struct ValidateKeyBody {
     pub api_key: String,
+    /// The address the key was presented from. A key limited to IP networks is valid only with
+    /// one inside them; without it the answer is `valid: false`, reason `IP_NOT_ALLOWED`.
+    #[serde(default)]
+    pub client_ip: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -377,7 +381,7 @@ async fn validate_key(
     let req = pb::VerifyKeyRequest {
         api_key: body.api_key,
         required_scopes: Vec::new(),
-        client_ip: String::new(),
+        client_ip: body.client_ip.unwrap_or_default(),
     };
     let out = svc
         .verify_key(grpc_request(&headers, req))

@@ -3,6 +3,8 @@
 //! touching storage and secret scanners can recognise a real one.
 
 use std::fmt;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -80,12 +82,40 @@ impl PartialEq for ApiKey {
     }
 }
 
+/// bcrypt work in flight per process: one per core, and at most `MAX_WAITING` more queued.
+/// Beyond that a call is refused at once, so no flood can queue unbounded work.
+struct Slots {
+    running: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+}
+
+const MAX_WAITING: usize = 64;
+
+static SLOTS: LazyLock<Slots> = LazyLock::new(|| Slots {
+    running: tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+    ),
+    waiting: AtomicUsize::new(0),
+});
+
 /// Runs one bcrypt operation on the blocking pool, timed for the metrics and traced as a child
 /// of the caller's span.
 async fn on_blocking_pool<T: Send + 'static>(
     operation: &'static str,
     f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static,
 ) -> Result<T> {
+    let queued = SLOTS.waiting.fetch_add(1, Ordering::AcqRel);
+    let permit = if queued >= MAX_WAITING {
+        None
+    } else {
+        SLOTS.running.acquire().await.ok()
+    };
+    SLOTS.waiting.fetch_sub(1, Ordering::AcqRel);
+    let Some(_permit) = permit else {
+        return Err(Error::Unavailable(
+            "too many key checks in progress; try again shortly".into(),
+        ));
+    };
     let span = tracing::info_span!("bcrypt", bcrypt.operation = operation);
     tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
@@ -150,6 +180,28 @@ mod tests {
         assert!(ApiKey::parse(&s[..66]).is_none());
         assert!(ApiKey::parse(&format!("xx_{}", &s[3..])).is_none());
         assert!(ApiKey::parse("").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_bcrypt_work_is_refused_beyond_the_queue_not_queued() {
+        let key = ApiKey::generate().expect("rng");
+        let hash = bcrypt::hash(key.expose(), 8).expect("hash");
+        let calls: Vec<_> = (0..MAX_WAITING * 4)
+            .map(|_| {
+                let (key, hash) = (key.clone(), hash.clone());
+                tokio::spawn(async move { key.verify(&hash).await })
+            })
+            .collect();
+        let (mut verified, mut refused) = (0, 0);
+        for call in calls {
+            match call.await.expect("join") {
+                Ok(true) => verified += 1,
+                Err(Error::Unavailable(m)) if m.contains("too many key checks") => refused += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(refused > 0, "nothing was refused: the queue is unbounded");
+        assert!(verified > 0, "nothing was verified");
     }
 
     #[test]

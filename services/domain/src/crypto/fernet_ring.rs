@@ -16,6 +16,8 @@ pub const GENERATE_HINT: &str = "make one with `keyhouse encryption generate-key
 #[derive(Clone)]
 pub struct KeyRing {
     keys: Vec<Fernet>,
+    /// The primary key's text, for `derive`.
+    primary: Zeroizing<String>,
 }
 
 impl KeyRing {
@@ -45,7 +47,22 @@ impl KeyRing {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            primary: Zeroizing::new(parts[0].to_owned()),
+        })
+    }
+
+    /// A 32-byte secret for `purpose`, derived from the primary key (so it is as secret as the
+    /// ring, and changes when the primary does).
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"keyhouse derived secret\0");
+        hasher.update(purpose.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.primary.as_bytes());
+        Zeroizing::new(hasher.finalize().into())
     }
 
     pub fn generate_key() -> String {

@@ -12,6 +12,8 @@ pub struct Model {
     pub request_id: String,
     /// A JSON object of non-secret detail.
     pub details: Json,
+    /// The user key that authenticated the call, when one did.
+    pub via_key_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

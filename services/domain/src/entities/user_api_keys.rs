@@ -25,6 +25,8 @@ pub struct Model {
     pub rate_limit_per_minute: Option<i32>,
     /// A JSON array of CIDRs the key may be used from; `None` is anywhere.
     pub allowed_ips: Option<Json>,
+    /// `crypto::key_tag` of the key, checked before bcrypt; `None` for keys made before tags.
+    pub key_tag: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -25,6 +25,7 @@ pub async fn record(
         target: Set(target.to_owned()),
         request_id: Set(caller.request_id.clone()),
         details: Set(details),
+        via_key_id: Set(caller.via_key.as_ref().map(|k| k.key_id)),
     }
     .insert(conn)
     .await?;

@@ -159,6 +159,7 @@ pub async fn revoke(
 /// The parts of a new secret that are stored.
 pub struct NewSecret {
     pub key_hash: String,
+    pub key_tag: String,
     pub key_prefix: String,
     pub key_last4: String,
     pub expires_at: Option<DateTime<Utc>>,
@@ -176,6 +177,7 @@ pub async fn replace_secret(
     let res = Entity::update_many()
         .set(user_api_keys::ActiveModel {
             key_hash: Set(secret.key_hash),
+            key_tag: Set(Some(secret.key_tag)),
             key_prefix: Set(secret.key_prefix),
             key_last4: Set(secret.key_last4),
             expires_at: Set(secret.expires_at),
@@ -227,5 +229,52 @@ pub async fn usage(
         .filter(usage::Column::Hour.lt(to))
         .order_by_asc(usage::Column::Hour)
         .all(conn)
+        .await?)
+}
+
+/// Stores a key's tag, if its secret is still the one that was checked.
+#[tracing::instrument(name = "user_keys.set_tag", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn set_tag(
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    key_hash: &str,
+    tag: &str,
+) -> Result<()> {
+    Entity::update_many()
+        .col_expr(Column::KeyTag, Expr::value(tag))
+        .filter(Column::Id.eq(id))
+        .filter(Column::KeyHash.eq(key_hash))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// How many of a user's keys are active (not revoked, not expired) at `now`.
+#[tracing::instrument(name = "user_keys.count_active", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn count_active(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(Entity::find()
+        .filter(Column::UserId.eq(user_id))
+        .filter(Status::Active.condition(now))
+        .count(conn)
+        .await?)
+}
+
+/// How many keys a user created since `since`, whatever became of them.
+#[tracing::instrument(name = "user_keys.count_created_since", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn count_created_since(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    since: DateTime<Utc>,
+) -> Result<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(Entity::find()
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::CreatedAt.gte(since))
+        .count(conn)
         .await?)
 }

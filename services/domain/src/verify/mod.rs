@@ -1,6 +1,9 @@
 //! VerifyKey, the gateway's hot path. In order: the key's shape and checksum (no storage); the
 //! verdict cache, keyed by the key's SHA-256; a short negative cache for unknown keys; and on a
 //! miss one prefix lookup and one bcrypt, shared by every concurrent request for the same key.
+//! A well-formed key that is not the stored one never costs a bcrypt: the stored tag of the
+//! secret (`crypto::key_tag`) refuses it first, from a short cache of each prefix's tags, so a
+//! flood of forged keys sharing a real key's prefix costs no query either.
 //! Revoke, regenerate and expiry take effect at once: expiry is checked on every hit, and a
 //! change invalidates the key's cached verdict here and, through the change feed, on every
 //! other replica. The cache's time to live is only a safety net.
@@ -23,9 +26,11 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{OnceCell, broadcast};
 use uuid::Uuid;
 
+use crate::caller::KeyBounds;
 use crate::change_feed::{Change, ChangeFeed};
 use crate::config::VerifySettings;
 use crate::crypto::api_key::ApiKey;
+use crate::crypto::key_tag::{KeyTagger, TagCheck};
 use crate::entities::user_api_keys;
 use crate::error::{Error, Result};
 use crate::storage::user_keys as store;
@@ -90,6 +95,9 @@ struct Inner {
     registry: Vec<String>,
     found: Cache<Arc<KeyInfo>>,
     unknown: Cache<()>,
+    /// Each looked-up prefix's stored tags: refuses a forged key without a query.
+    prefixes: Cache<Arc<PrefixTags>>,
+    tagger: KeyTagger,
     invalidated: RwLock<HashMap<Uuid, Instant>>,
     /// When the latest invalidation happened, as nanoseconds after `epoch` (0: never). An entry
     /// cached after it cannot be stale, so the hot path skips the lock for it.
@@ -121,6 +129,7 @@ impl Verifier {
         scopes: &[String],
         settings: &VerifySettings,
         feed: &ChangeFeed,
+        tagger: KeyTagger,
     ) -> Result<Self> {
         let ttl = Duration::from_secs(settings.cache_ttl_secs.max(1));
         let inner = Arc::new(Inner {
@@ -131,6 +140,11 @@ impl Verifier {
                 settings.negative_cache_max_entries,
                 Duration::from_secs(settings.negative_cache_ttl_secs.max(1)),
             ),
+            prefixes: Cache::new(
+                settings.negative_cache_max_entries,
+                Duration::from_secs(settings.negative_cache_ttl_secs.max(1)),
+            ),
+            tagger,
             invalidated: RwLock::new(HashMap::new()),
             last_invalidation: AtomicU64::new(0),
             resynced: AtomicU64::new(0),
@@ -155,8 +169,17 @@ impl Verifier {
         self.inner.bcrypt_runs.load(Ordering::Relaxed)
     }
 
+    /// The tag to store for a new key's secret.
+    pub fn tag(&self, key: &ApiKey) -> String {
+        self.inner.tagger.tag(key)
+    }
+
     /// Forgets what is cached about `key_id`, including verdicts being looked up right now.
     pub fn invalidate(&self, key_id: Uuid) {
+        // A prefix's tags change only when a key gains one (which only widens what they admit)
+        // or is regenerated (which moves it to a new prefix); forgetting them all is still the
+        // simple, safe answer to a change, and changes are rare.
+        self.inner.prefixes.clear();
         let mut invalidated = self
             .inner
             .invalidated
@@ -180,6 +203,7 @@ impl Verifier {
         self.inner.resynced.store(now, Ordering::Release);
         self.inner.last_invalidation.store(now, Ordering::Release);
         self.inner.found.clear();
+        self.inner.prefixes.clear();
     }
 
     /// Writes pending usage counts now (also done periodically and at shutdown).
@@ -187,19 +211,23 @@ impl Verifier {
         self.inner.usage.flush(&self.inner.db).await
     }
 
-    /// The gateway's question. Without a `client_ip`, an IP allowlist is not checked: the
-    /// gateway decides whether to send one.
+    /// The gateway's question. A key limited to IP networks is valid only with a `client_ip`
+    /// inside them: without an address there is nothing to check, so no pass.
     pub async fn verify(&self, req: &pb::VerifyKeyRequest) -> Result<pb::VerifyKeyResponse> {
-        self.verify_with(req, false).await
+        Ok(self.verify_with(req).await?.0)
     }
 
-    /// For a key presented to keyhouse itself (management calls), whose caller's address it does
-    /// not know: a key limited to IP addresses is refused rather than let through unchecked.
-    pub async fn verify_unlocated(
+    /// For a key presented to keyhouse itself as a caller's credential: the verdict and, when it
+    /// is valid, what the key holds, which bounds whatever the call makes.
+    pub async fn authenticate(
         &self,
         req: &pb::VerifyKeyRequest,
-    ) -> Result<pb::VerifyKeyResponse> {
-        self.verify_with(req, true).await
+    ) -> Result<(pb::VerifyKeyResponse, Option<KeyBounds>)> {
+        let (response, info) = self.verify_with(req).await?;
+        let bounds = info
+            .filter(|_| response.valid)
+            .map(|info| self.bounds(&info));
+        Ok((response, bounds))
     }
 
     // Debug level: at the default INFO filter the hot path pays for no span.
@@ -207,11 +235,10 @@ impl Verifier {
     async fn verify_with(
         &self,
         req: &pb::VerifyKeyRequest,
-        address_required: bool,
-    ) -> Result<pb::VerifyKeyResponse> {
-        let answer = self.answer(req, address_required).await;
+    ) -> Result<(pb::VerifyKeyResponse, Option<Arc<KeyInfo>>)> {
+        let answer = self.answer(req).await;
         let outcome = match &answer {
-            Ok(response) => response.reason().as_str_name(),
+            Ok((response, _)) => response.reason().as_str_name(),
             Err(Error::InvalidArgument { .. }) => "INVALID_ARGUMENT",
             Err(_) => "UNAVAILABLE",
         };
@@ -222,10 +249,15 @@ impl Verifier {
     async fn answer(
         &self,
         req: &pb::VerifyKeyRequest,
-        address_required: bool,
-    ) -> Result<pb::VerifyKeyResponse> {
+    ) -> Result<(pb::VerifyKeyResponse, Option<Arc<KeyInfo>>)> {
         if req.api_key.is_empty() {
             return Err(Error::invalid("api_key", "api_key is required"));
+        }
+        if req.required_scopes.len() > MAX_REQUIRED_SCOPES {
+            return Err(Error::invalid(
+                "required_scopes",
+                format!("required_scopes may name at most {MAX_REQUIRED_SCOPES} scopes"),
+            ));
         }
         let client_ip = match req.client_ip.trim() {
             "" => None,
@@ -235,7 +267,7 @@ impl Verifier {
             ),
         };
         let Some(key) = ApiKey::parse(&req.api_key) else {
-            return Ok(verdict(Reason::Malformed, None));
+            return Ok((verdict(Reason::Malformed, None), None));
         };
         let digest: Digest = Sha256::digest(key.expose().as_bytes()).into();
         let cache = crate::observe::verify_cache;
@@ -258,11 +290,10 @@ impl Verifier {
             }
         };
         let Some(info) = info else {
-            return Ok(verdict(Reason::NotFound, None));
+            return Ok((verdict(Reason::NotFound, None), None));
         };
-        Ok(self
-            .judge(&info, &req.required_scopes, client_ip, address_required)
-            .await)
+        let response = self.judge(&info, &req.required_scopes, client_ip).await;
+        Ok((response, Some(info)))
     }
 
     /// The cached verdict; `Stale` when the key changed since it was cached, so it must be
@@ -366,13 +397,45 @@ impl Verifier {
     }
 
     async fn load(&self, key: &ApiKey) -> Result<Option<Arc<KeyInfo>>> {
-        for row in store::find_by_prefix(&self.inner.db, key.lookup_prefix()).await? {
-            self.inner.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
-            if key.verify(&row.key_hash).await? {
-                return Ok(Some(Arc::new(self.key_info(row))));
+        let prefix: Digest = Sha256::digest(key.lookup_prefix().as_bytes()).into();
+        if let Some((known, _)) = self.inner.prefixes.get(&prefix)
+            && known.refuse(&self.inner.tagger, key)
+        {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let rows = store::find_by_prefix(&self.inner.db, key.lookup_prefix()).await?;
+        let tags = PrefixTags(rows.iter().map(|r| r.key_tag.clone()).collect());
+        let refused = tags.refuse(&self.inner.tagger, key);
+        self.inner.prefixes.insert(prefix, Arc::new(tags), started);
+        if refused {
+            return Ok(None);
+        }
+        for row in rows {
+            let check = self.inner.tagger.check(row.key_tag.as_deref(), key);
+            if check == TagCheck::Differs {
+                continue;
             }
+            self.inner.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
+            if !key.verify(&row.key_hash).await? {
+                continue;
+            }
+            if check == TagCheck::Unknown {
+                self.retag(&row, key).await;
+            }
+            return Ok(Some(Arc::new(self.key_info(row))));
         }
         Ok(None)
+    }
+
+    /// Gives a key made before tags (or under another tag secret) its tag, now that it has
+    /// proven itself; a failure only means the next miss checks it by bcrypt again.
+    async fn retag(&self, row: &user_api_keys::Model, key: &ApiKey) {
+        let tag = self.inner.tagger.tag(key);
+        if let Err(e) = store::set_tag(&self.inner.db, row.id, &row.key_hash, &tag).await {
+            tracing::warn!(key_id = %row.id, error = %e, "could not store the key's tag");
+        }
+        // The prefix's cached tags still say `unknown` for this key, which refuses nothing.
     }
 
     /// Re-reads a key that changed, without bcrypt: the presented key was proven to be this
@@ -397,8 +460,21 @@ impl Verifier {
             .enumerate()
             .filter(|(_, s)| granted.contains(s))
             .fold(0u64, |bits, (i, _)| bits | (1 << i));
-        let allowed: Option<Vec<String>> =
-            row.allowed_ips.and_then(|v| serde_json::from_value(v).ok());
+        // JSON null and an empty list mean no allowlist, as keyhouse has always stored it.
+        let allowed = row.allowed_ips.filter(|v| !v.is_null()).and_then(|stored| {
+            let networks: Option<Vec<IpNet>> = serde_json::from_value::<Vec<String>>(stored)
+                .ok()
+                .and_then(|list| list.iter().map(|c| parse_network(c)).collect());
+            match networks {
+                Some(networks) if networks.is_empty() => None,
+                Some(networks) => Some(networks),
+                None => {
+                    // Fail closed: an allowlist that cannot be read admits no address at all.
+                    tracing::error!(key_id = %row.id, "the key's stored allowed_ips cannot be read; the key is refused until they are fixed");
+                    Some(Vec::new())
+                }
+            }
+        });
         KeyInfo {
             hash_tag: hash_tag(&row.key_hash),
             key_id: row.id,
@@ -409,10 +485,30 @@ impl Verifier {
             rate_limit: row
                 .rate_limit_per_minute
                 .and_then(|n| u32::try_from(n).ok()),
-            allowed: allowed
-                .filter(|a| !a.is_empty())
-                .map(|a| a.iter().filter_map(|c| parse_network(c)).collect()),
+            allowed: allowed.map(Vec::into_boxed_slice),
         }
+    }
+
+    fn bounds(&self, info: &KeyInfo) -> KeyBounds {
+        KeyBounds {
+            key_id: info.key_id,
+            scopes: self.scopes_of(info),
+            expires_at: info
+                .expires_at
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0)),
+            rate_limit: info.rate_limit,
+            allowed: info.allowed.as_ref().map(|a| a.to_vec()),
+        }
+    }
+
+    fn scopes_of(&self, info: &KeyInfo) -> Vec<String> {
+        self.inner
+            .registry
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| info.scopes & (1 << i) != 0)
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     async fn judge(
@@ -420,7 +516,6 @@ impl Verifier {
         info: &KeyInfo,
         required: &[String],
         client_ip: Option<std::net::IpAddr>,
-        address_required: bool,
     ) -> pb::VerifyKeyResponse {
         let now = Utc::now();
         if info.revoked {
@@ -440,10 +535,7 @@ impl Verifier {
             return self.with_permissions(verdict(Reason::InsufficientScope, Some(info)), info);
         }
         if let Some(allowed) = &info.allowed {
-            let permitted = match client_ip {
-                Some(ip) => allowed.iter().any(|net| net.contains(&ip)),
-                None => !address_required,
-            };
+            let permitted = client_ip.is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)));
             if !permitted {
                 return verdict(Reason::IpNotAllowed, Some(info));
             }
@@ -476,17 +568,26 @@ impl Verifier {
         mut response: pb::VerifyKeyResponse,
         info: &KeyInfo,
     ) -> pb::VerifyKeyResponse {
-        response.permissions = self
-            .inner
-            .registry
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| info.scopes & (1 << i) != 0)
-            .map(|(_, s)| s.clone())
-            .collect();
+        response.permissions = self.scopes_of(info);
         response
     }
 }
+
+/// What the prefix cache keeps: the stored tag of every key with one prefix (`None`: untagged).
+struct PrefixTags(Vec<Option<String>>);
+
+impl PrefixTags {
+    /// Whether the stored tags alone refuse `key`: every key with its prefix has a tag of this
+    /// secret, and none is the key's. No prefix at all refuses it too.
+    fn refuse(&self, tagger: &KeyTagger, key: &ApiKey) -> bool {
+        self.0
+            .iter()
+            .all(|tag| tagger.check(tag.as_deref(), key) == TagCheck::Differs)
+    }
+}
+
+/// Most scopes one VerifyKey may require.
+pub const MAX_REQUIRED_SCOPES: usize = 64;
 
 /// A CIDR, or a bare address as a single-host network.
 pub fn parse_network(text: &str) -> Option<IpNet> {
