@@ -86,6 +86,16 @@ pub async fn closed<T: Clone + Send + 'static>(
     summarize(all, failures, started.elapsed())
 }
 
+/// `closed` on targets it owns, for running beside another load in a task of its own.
+pub async fn closed_owned<T: Clone + Send + 'static>(
+    targets: Vec<T>,
+    call: CallOn<T>,
+    concurrency: usize,
+    seconds: u64,
+) -> Outcome {
+    closed(&targets, call, concurrency, seconds).await
+}
+
 /// `rate` requests per second for `seconds`, each timed from when it was due.
 pub async fn open(channels: &[Channel], call: Call, rate: f64, seconds: u64) -> Outcome {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));

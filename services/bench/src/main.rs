@@ -1,11 +1,13 @@
-//! keyhouse-bench: the verification path's numbers (1-8), the REST paths (9) and listing at
-//! scale (10), measured in one run so that ratios hold on a noisy machine.
+//! keyhouse-bench: the verification path's numbers (1-8), the REST paths (9), listing at
+//! scale (10) and a flood of forged keys (11), measured in one run so that ratios hold on a noisy
+//! machine.
 //! `cargo run --release -p keyhouse-bench` prints a Markdown report; the results and the command
 //! are kept in BENCHMARKS.md.
 
 mod alloc;
 mod breakdown;
 mod fill;
+mod flood;
 mod load;
 mod rest;
 mod scale;
@@ -46,7 +48,7 @@ pub struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres_url: String,
-    /// Only these benchmarks (1-10); all when empty.
+    /// Only these benchmarks (1-11); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
 }
@@ -90,6 +92,9 @@ fn main() -> anyhow::Result<()> {
             }
             if args.wanted(10) {
                 scale::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(11) {
+                flood::run(&args, server_rt.handle()).await?;
             }
             Ok(())
         };

@@ -14,7 +14,7 @@ use keyhouse_proto::v1::verify_key_response::Reason;
 use tonic::transport::Channel;
 
 use crate::load::{self, Call, ms};
-use crate::setup::{self, Server};
+use crate::setup;
 use crate::{Args, alloc};
 
 fn verify_call(key: String) -> Call {
@@ -64,14 +64,6 @@ fn empty_call() -> Call {
     })
 }
 
-async fn channels(server: &Server, n: usize) -> anyhow::Result<Vec<Channel>> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(server.channel().await?);
-    }
-    Ok(out)
-}
-
 /// Benchmarks 1-8, with `before_traces` (the others) run before 8: benchmark 8 installs the
 /// process's tracing subscriber, which then stays and would log and trace every later call.
 pub async fn run(
@@ -84,7 +76,7 @@ pub async fn run(
         std::env::temp_dir().join(format!("keyhouse-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let server = setup::sqlite(&dir, args, &server_rt).await?;
-    let chans = channels(&server, args.connections).await?;
+    let chans = server.channels(args.connections).await?;
     let key = server
         .key(
             "bench",

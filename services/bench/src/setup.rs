@@ -118,6 +118,15 @@ impl Server {
             .await?)
     }
 
+    /// `n` connections of their own.
+    pub async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.channel().await?);
+        }
+        Ok(out)
+    }
+
     /// Stops the server and waits (up to 10 s) until it has let go of its database.
     pub async fn stop(self) {
         let _ = self.stop.send(());
