@@ -225,7 +225,7 @@ impl From<pb::ApiKey> for ApiKeyJson {
 
 /// Create an API key; the response holds the full key, once.
 #[utoipa::path(post, path = "/api/v1/account/uc-api-keys", tag = "user-keys", request_body = CreateKeyBody,
-    responses((status = 201, description = "Created: the only time the full key is shown", body = IssuedKeyJson), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+    responses((status = 201, description = "Created: the only time the full key is shown", body = IssuedKeyJson), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 403, description = "Called with a `uc_` key: the new key would exceed it, or the key lacks `keys:manage`", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody), (status = 429, description = "Over the active-keys or creates-per-minute limit, named in `detail`", body = ErrorBody)))]
 async fn create_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -310,7 +310,7 @@ async fn revoke_key(
 /// Replace a key's secret; the old one stops working at once.
 #[utoipa::path(post, path = "/api/v1/account/uc-api-keys/{key_id}/regenerate", tag = "user-keys", params(("key_id" = String, Path)),
     request_body(content = Option<RegenerateKeyBody>, description = "optional"),
-    responses((status = 200, description = "OK", body = IssuedKeyJson), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = IssuedKeyJson), (status = 403, description = "Called with a `uc_` key: the regenerated key would exceed it", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn regenerate_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
