@@ -78,7 +78,7 @@ fn the_manifest_check_sees_a_transport_crate() {
 }
 
 /// Every RPC the contract defines, as (service full name, method).
-fn rpcs() -> Vec<(String, String)> {
+pub(crate) fn rpcs() -> Vec<(String, String)> {
     use prost::Message;
     let set = prost_types::FileDescriptorSet::decode(keyhouse_proto::v1::FILE_DESCRIPTOR_SET)
         .expect("the descriptor set decodes");
@@ -98,10 +98,10 @@ fn rpcs() -> Vec<(String, String)> {
 }
 
 /// (RPC method, HTTP method, path), as each service crate's `ROUTES` holds them.
-type Route = (&'static str, &'static str, &'static str);
+pub(crate) type Route = (&'static str, &'static str, &'static str);
 
 /// Each service's REST routes and the RPCs it serves on gRPC only, with the reason.
-fn rest_of(service: &str) -> (Vec<Route>, &'static [(&'static str, &'static str)]) {
+pub(crate) fn rest_of(service: &str) -> (Vec<Route>, &'static [(&'static str, &'static str)]) {
     match service {
         keyhouse_user_keys::SERVICE_NAME => (
             [

@@ -5,6 +5,7 @@ mod support;
 
 mod architecture;
 mod auth;
+mod authorization_matrix;
 mod binary;
 mod byok;
 mod docs_and_web;

@@ -344,6 +344,52 @@ impl TestServer {
         }
         out
     }
+
+    /// Every row of every table as `table: values`, sorted: two snapshots differ when a row was
+    /// added, removed or changed, and the difference reads as those rows.
+    pub async fn rows(&self) -> Vec<String> {
+        let backend = self.db().get_database_backend();
+        let query = |sql: String| {
+            self.db()
+                .query_all_raw(Statement::from_string(backend, sql))
+        };
+        let text = |row: &sea_orm::QueryResult, column: &str| -> String {
+            row.try_get("", column).expect("a text column")
+        };
+        let postgres = backend == sea_orm::DbBackend::Postgres;
+        let list_tables = if postgres {
+            "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public'"
+        } else {
+            "SELECT name AS t FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        };
+        let mut out = Vec::new();
+        for table in query(list_tables.into()).await.expect("list tables") {
+            let table = text(&table, "t");
+            let select = if postgres {
+                format!("SELECT row_to_json(x)::text AS r FROM \"{table}\" x")
+            } else {
+                // quote() renders every SQLite value, blobs and NULL included, as text.
+                let columns = query(format!(
+                    "SELECT name AS c FROM pragma_table_info('{table}')"
+                ))
+                .await
+                .expect("list columns");
+                let values: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("'{0}=' || quote(\"{0}\")", text(c, "c")))
+                    .collect();
+                format!(
+                    "SELECT {} AS r FROM \"{table}\"",
+                    values.join(" || ', ' || ")
+                )
+            };
+            for row in query(select).await.expect("read a table") {
+                out.push(format!("{table}: {}", text(&row, "r")));
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 impl Drop for TestServer {
