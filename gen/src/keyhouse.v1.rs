@@ -290,13 +290,18 @@ pub struct PutProviderKeyRequest {
     /// The provider's internal name (see ListProviders).
     #[prost(string, tag = "1")]
     pub provider: ::prost::alloc::string::String,
-    /// The provider key: at least 10 characters, in the provider's format.
+    /// The provider key: at least 10 characters and at most 1024 bytes (1 KiB), in the provider's
+    /// format.
     #[prost(string, tag = "2")]
     pub key: ::prost::alloc::string::String,
     /// An optional label for the user's own reference.
     #[prost(string, tag = "3")]
     pub label: ::prost::alloc::string::String,
-    /// An http(s) URL; required for providers that need one (ollama, custom).
+    /// Required for the providers that need one (ollama, custom; see Provider.requires_endpoint) and
+    /// refused for every other. An http(s) URL of at most 2048 bytes with no credentials, query or
+    /// fragment. A literal address must be public (not loopback, link-local, private, unique-local,
+    /// multicast, unspecified or another special range) unless an operator allows its network in
+    /// KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a name is resolved and checked the same way at every test.
     #[prost(string, tag = "4")]
     pub endpoint: ::prost::alloc::string::String,
 }
@@ -692,7 +697,8 @@ pub mod user_key_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Stores (or replaces) the caller's key for one provider, encrypted at rest.
-        /// Errors: INVALID_ARGUMENT naming `provider`, `key` (with the expected format) or `endpoint`.
+        /// Errors: INVALID_ARGUMENT naming `provider`, `key` (with the expected format, or over 1024
+        /// bytes) or `endpoint` (with the rule it breaks: see PutProviderKeyRequest.endpoint).
         pub async fn put_provider_key(
             &mut self,
             request: impl tonic::IntoRequest<super::PutProviderKeyRequest>,
@@ -773,7 +779,9 @@ pub mod user_key_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Makes a live request to the provider with the caller's key (15 s timeout) and stores the
-        /// result on the key.
+        /// result on the key. The request goes only to public addresses, unless an operator allows the
+        /// network in KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a refused endpoint or provider URL is a result
+        /// with status `error`, the reason in `message`, and no status code or latency.
         /// Errors: NOT_FOUND when the caller has no key for that provider.
         pub async fn test_provider_key(
             &mut self,
@@ -928,7 +936,8 @@ pub mod user_key_service_server {
             tonic::Status,
         >;
         /// Stores (or replaces) the caller's key for one provider, encrypted at rest.
-        /// Errors: INVALID_ARGUMENT naming `provider`, `key` (with the expected format) or `endpoint`.
+        /// Errors: INVALID_ARGUMENT naming `provider`, `key` (with the expected format, or over 1024
+        /// bytes) or `endpoint` (with the rule it breaks: see PutProviderKeyRequest.endpoint).
         async fn put_provider_key(
             &self,
             request: tonic::Request<super::PutProviderKeyRequest>,
@@ -954,7 +963,9 @@ pub mod user_key_service_server {
             tonic::Status,
         >;
         /// Makes a live request to the provider with the caller's key (15 s timeout) and stores the
-        /// result on the key.
+        /// result on the key. The request goes only to public addresses, unless an operator allows the
+        /// network in KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a refused endpoint or provider URL is a result
+        /// with status `error`, the reason in `message`, and no status code or latency.
         /// Errors: NOT_FOUND when the caller has no key for that provider.
         async fn test_provider_key(
             &self,
@@ -1726,7 +1737,7 @@ pub struct ListPlatformKeysResponse {
 pub struct UpdatePlatformKeyRequest {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// At least 10 characters, in the catalog's format for `name`.
+    /// At least 10 characters and at most 1024 bytes (1 KiB), in the catalog's format for `name`.
     #[prost(string, tag = "2")]
     pub api_key: ::prost::alloc::string::String,
 }
@@ -2026,8 +2037,8 @@ pub mod platform_key_service_client {
             self.inner.unary(req, path, codec).await
         }
         /// Stores a new value for a key as a new version; earlier versions are kept, encrypted.
-        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format; ABORTED when a
-        /// concurrent change to the same key stored its version first (try again).
+        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format or the 1024-byte limit;
+        /// ABORTED when a concurrent change to the same key stored its version first (try again).
         pub async fn update_platform_key(
             &mut self,
             request: impl tonic::IntoRequest<super::UpdatePlatformKeyRequest>,
@@ -2180,7 +2191,10 @@ pub mod platform_key_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// Calls the provider's cheapest authenticated endpoint with the current value.
+        /// Calls the provider's cheapest authenticated endpoint with the current value. The request goes
+        /// only to public addresses unless an operator allows the network in
+        /// KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a refused provider URL is `ok: false` with the reason in
+        /// `detail` and no status code or latency.
         /// Errors: FAILED_PRECONDITION for keys with no live test; NOT_FOUND when not configured.
         pub async fn test_platform_key(
             &mut self,
@@ -2290,8 +2304,8 @@ pub mod platform_key_service_server {
             tonic::Status,
         >;
         /// Stores a new value for a key as a new version; earlier versions are kept, encrypted.
-        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format; ABORTED when a
-        /// concurrent change to the same key stored its version first (try again).
+        /// Errors: INVALID_ARGUMENT naming `api_key` with the expected format or the 1024-byte limit;
+        /// ABORTED when a concurrent change to the same key stored its version first (try again).
         async fn update_platform_key(
             &self,
             request: tonic::Request<super::UpdatePlatformKeyRequest>,
@@ -2334,7 +2348,10 @@ pub mod platform_key_service_server {
             tonic::Response<super::UpdatePlatformKeyResponse>,
             tonic::Status,
         >;
-        /// Calls the provider's cheapest authenticated endpoint with the current value.
+        /// Calls the provider's cheapest authenticated endpoint with the current value. The request goes
+        /// only to public addresses unless an operator allows the network in
+        /// KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a refused provider URL is `ok: false` with the reason in
+        /// `detail` and no status code or latency.
         /// Errors: FAILED_PRECONDITION for keys with no live test; NOT_FOUND when not configured.
         async fn test_platform_key(
             &self,

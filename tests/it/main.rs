@@ -13,6 +13,7 @@ mod embedded;
 mod helm;
 mod logs;
 mod metrics;
+mod outbound;
 mod platform_keys;
 mod platform_watch;
 mod rest_bad_requests;

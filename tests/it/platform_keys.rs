@@ -589,7 +589,8 @@ async fn test_platform_key_reports_what_the_provider_answers(backend: Backend) {
     let stub = crate::stub::Provider::start("sk-or-v1-good-key-000000").await;
     let url = stub.url.clone();
     let server = TestServer::start_with(backend, move |s| {
-        s.domain.provider_base_urls = vec![format!("openrouter={url}")]
+        s.domain.provider_base_urls = vec![format!("openrouter={url}")];
+        s.domain.outbound_allowed_networks = vec![crate::stub::NETWORK.into()];
     })
     .await;
     let mut c = admin(&server).await;

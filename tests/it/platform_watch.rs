@@ -137,6 +137,7 @@ async fn rotation_with_two_keys_can_be_interrupted_and_resumed(backend: Backend)
     let server = TestServer::start_with(backend, move |s| {
         s.domain.encryption_keys = Some(Secret::new(old));
         s.domain.provider_base_urls = vec![format!("openai={url}")];
+        s.domain.outbound_allowed_networks = vec![crate::stub::NETWORK.into()];
     })
     .await;
     // A user's own provider key is rotated with the platform's secrets.

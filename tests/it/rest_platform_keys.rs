@@ -18,7 +18,8 @@ async fn the_platform_key_paths_answer_in_the_ops_center_shapes(backend: Backend
     let stub = crate::stub::Provider::start("sk-or-v1-good-key-000000").await;
     let url = stub.url.clone();
     let server = TestServer::start_with(backend, move |s| {
-        s.domain.provider_base_urls = vec![format!("openrouter={url}")]
+        s.domain.provider_base_urls = vec![format!("openrouter={url}")];
+        s.domain.outbound_allowed_networks = vec![crate::stub::NETWORK.into()];
     })
     .await;
     let admin = server.session("root", Role::Admin).await;

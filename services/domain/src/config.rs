@@ -5,6 +5,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::fernet_ring::{self, KeyRing};
 use crate::error::{Error, Result};
+use crate::outbound::{ALLOWED_NETWORKS_VAR, Allowed, Outbound};
 use crate::platform_keys::EnvFallback;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keyhouse.db?mode=rwc";
@@ -38,6 +39,11 @@ pub struct Settings {
     /// Provider base URLs as `name=url` pairs (comma-separated), for live key tests.
     #[arg(long, env = "KEYHOUSE_PROVIDER_BASE_URLS", value_delimiter = ',')]
     pub provider_base_urls: Vec<String>,
+
+    /// Networks outbound requests may reach although they are not public (comma-separated
+    /// CIDRs or addresses), e.g. `127.0.0.1/32` for an Ollama on the same host.
+    #[arg(long, env = ALLOWED_NETWORKS_VAR, value_delimiter = ',')]
+    pub outbound_allowed_networks: Vec<String>,
 
     /// Platform-key fallback values; `None` reads the catalog's variables from the environment.
     #[arg(skip)]
@@ -105,6 +111,7 @@ impl Settings {
             encryption_key: None,
             provider_base_urls: Vec::new(),
             byok_test_timeout_secs: 15,
+            outbound_allowed_networks: Vec::new(),
             platform_env: None,
         }
     }
@@ -129,6 +136,11 @@ impl Settings {
                 fernet_ring::GENERATE_HINT
             ))
         })
+    }
+
+    /// The outbound guard; a network that does not parse is an error naming the variable.
+    pub fn outbound(&self) -> Result<Outbound> {
+        Outbound::new(Allowed::parse(&self.outbound_allowed_networks)?)
     }
 
     pub fn platform_env(&self) -> EnvFallback {

@@ -13,6 +13,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod observe;
+pub mod outbound;
 pub mod paging;
 pub mod platform_keys;
 pub mod providers;

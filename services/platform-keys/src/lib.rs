@@ -56,8 +56,9 @@ impl PlatformKeyGrpc {
             ctx.ring.clone(),
             settings.platform_env(),
             urls,
+            settings.outbound()?,
             ctx.feed.clone(),
-        )?;
+        );
         Ok(Self {
             auth: Authenticator::new(ctx.db.clone(), ctx.sessions.clone()),
             keys,

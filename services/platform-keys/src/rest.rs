@@ -106,6 +106,8 @@ pub struct PlatformKeyList {
 
 #[derive(Deserialize, ToSchema)]
 pub struct UpdateBody {
+    /// At least 10 characters and at most 1024 bytes (1 KiB), in the catalog's format.
+    #[schema(max_length = 1024)]
     pub api_key: String,
 }
 
@@ -366,6 +368,9 @@ async fn rollback(
 }
 
 /// One cheap authenticated request to the provider.
+///
+/// A provider URL the outbound guard refuses (not public and not in
+/// `KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS`) is `ok: false` with the reason; nothing is sent.
 #[utoipa::path(post, path = "/api/v1/admin/platform-keys/{name}/test", tag = "platform-keys", params(("name" = String, Path)),
     responses((status = 200, description = "OK", body = PlatformKeyTestedJson), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody)))]
 async fn test(

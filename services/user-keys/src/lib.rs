@@ -74,8 +74,9 @@ impl UserKeyGrpc {
                 db.clone(),
                 ctx.ring.clone(),
                 BaseUrls::parse(&settings.provider_base_urls)?,
+                settings.outbound()?,
                 std::time::Duration::from_secs(settings.byok_test_timeout_secs.max(1)),
-            )?,
+            ),
             auth: Authenticator::new(db.clone(), ctx.sessions.clone())
                 .with_api_keys(verifier.clone())
                 .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?),

@@ -80,9 +80,14 @@ pub struct ProviderKeyJson {
 #[derive(Deserialize, ToSchema)]
 pub struct AddBody {
     pub provider: String,
+    /// The provider key: at least 10 characters and at most 1024 bytes (1 KiB), in the
+    /// provider's format.
+    #[schema(max_length = 1024)]
     pub key: String,
     pub label: Option<String>,
-    /// An http(s) URL; required for ollama and custom.
+    /// Required for ollama and custom, refused for every other provider: an http(s) URL with no
+    /// credentials, query or fragment whose host is public, unless an operator allows its
+    /// network (`KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS`).
     pub endpoint: Option<String>,
 }
 
@@ -187,6 +192,9 @@ async fn add(
 }
 
 /// Test the caller's key against the provider (15 s timeout); the result is stored.
+///
+/// An endpoint or provider URL the outbound guard refuses is the result `error` with the
+/// reason; nothing is sent.
 #[utoipa::path(post, path = "/api/v1/byok/keys/test/{provider}", tag = "byok", operation_id = "byok_test_key", params(("provider" = String, Path)),
     responses((status = 200, description = "OK", body = ProviderKeyTestedJson), (status = 404, description = "Not found", body = ErrorBody)))]
 async fn test(

@@ -14,6 +14,7 @@ use crate::crypto::fernet_ring::KeyRing;
 use crate::crypto::mask;
 use crate::entities::user_provider_keys;
 use crate::error::{Error, Result};
+use crate::outbound::Outbound;
 use crate::providers::{self, BaseUrls, Provider, catalog};
 use crate::storage::provider_keys as store;
 use crate::storage::{audit, now};
@@ -27,7 +28,7 @@ pub struct Byok {
     db: DatabaseConnection,
     ring: KeyRing,
     urls: BaseUrls,
-    http: reqwest::Client,
+    outbound: Outbound,
     timeout: Duration,
 }
 
@@ -36,15 +37,16 @@ impl Byok {
         db: DatabaseConnection,
         ring: KeyRing,
         urls: BaseUrls,
+        outbound: Outbound,
         timeout: Duration,
-    ) -> Result<Self> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             db,
             ring,
             urls,
-            http: providers::http_client()?,
+            outbound,
             timeout,
-        })
+        }
     }
 
     pub async fn providers(&self, caller: &Caller) -> Result<pb::ListProvidersResponse> {
@@ -69,6 +71,7 @@ impl Byok {
     ) -> Result<pb::PutProviderKeyResponse> {
         let provider = provider(&req.provider)?;
         let key = req.key.trim();
+        providers::check_key_length("key", key)?;
         if !provider.accepts(key) {
             return Err(crate::providers::bad_key_format(
                 "key",
@@ -83,7 +86,7 @@ impl Byok {
                 format!("label must be at most {MAX_LABEL} printable characters"),
             ));
         }
-        let endpoint = endpoint(provider, req.endpoint.trim())?;
+        let endpoint = endpoint(&self.outbound, provider, req.endpoint.trim())?;
         let at = now();
         let txn = crate::db::begin(&self.db).await?;
         store::upsert(
@@ -169,15 +172,18 @@ impl Byok {
             .await?
             .ok_or_else(|| no_key(provider))?;
         let key = self.ring.decrypt(&row.ciphertext)?;
-        let base = row
-            .endpoint
-            .as_deref()
-            .unwrap_or_else(|| self.urls.get(provider.id, provider.base_url));
+        let (base, what) = match row.endpoint.as_deref() {
+            Some(endpoint) => (endpoint, "endpoint"),
+            None => (
+                self.urls.get(provider.id, provider.base_url),
+                "the provider URL",
+            ),
+        };
         let live = provider
             .live_test
             .as_ref()
             .ok_or_else(|| no_live_test(provider))?;
-        let outcome = providers::run(&self.http, base, live, &key, self.timeout).await;
+        let outcome = providers::run(&self.outbound, base, what, live, &key, self.timeout).await;
         let status = match (outcome.ok, outcome.rejected) {
             (true, _) => "valid",
             (false, true) => "invalid",
@@ -253,38 +259,44 @@ fn provider(id: &str) -> Result<&'static Provider> {
     })
 }
 
-fn endpoint(provider: &Provider, text: &str) -> Result<Option<String>> {
+/// Only providers that need an endpoint take one, and only a URL the outbound guard accepts; a
+/// name is resolved and checked again at every request.
+fn endpoint(outbound: &Outbound, provider: &Provider, text: &str) -> Result<Option<String>> {
+    if !provider.requires_endpoint {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let takers: Vec<_> = catalog::byok()
+            .filter(|p| p.requires_endpoint)
+            .map(|p| p.id)
+            .collect();
+        return Err(Error::invalid(
+            "endpoint",
+            format!(
+                "{} takes no endpoint: its keys are tested at its own API; only {} take one",
+                provider.display_name,
+                takers.join(", ")
+            ),
+        ));
+    }
     if text.is_empty() {
-        return if provider.requires_endpoint {
-            Err(Error::invalid(
-                "endpoint",
-                format!(
-                    "{} needs an endpoint: an http(s) URL",
-                    provider.display_name
-                ),
-            ))
-        } else {
-            Ok(None)
-        };
-    }
-    let valid = text.len() <= MAX_ENDPOINT
-        && reqwest::Url::parse(text)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-    if !valid {
         return Err(Error::invalid(
             "endpoint",
-            "endpoint must be an http(s) URL",
+            format!(
+                "{} needs an endpoint: an http(s) URL",
+                provider.display_name
+            ),
         ));
     }
-    // The endpoint is shown in lists and written to the audit log: it must not carry a secret.
-    let carries_secret = reqwest::Url::parse(text)
-        .is_ok_and(|u| !u.username().is_empty() || u.password().is_some() || u.query().is_some());
-    if carries_secret {
+    if text.len() > MAX_ENDPOINT {
         return Err(Error::invalid(
             "endpoint",
-            "endpoint must not hold credentials or a query string; the key goes in the key field",
+            format!("endpoint must be at most {MAX_ENDPOINT} bytes"),
         ));
     }
+    outbound
+        .check_url(text)
+        .map_err(|reason| Error::invalid("endpoint", format!("endpoint {reason}")))?;
     Ok(Some(text.trim_end_matches('/').to_owned()))
 }
 

@@ -19,6 +19,7 @@ use crate::crypto::fernet_ring::KeyRing;
 use crate::crypto::mask;
 use crate::entities::platform_settings;
 use crate::error::{Error, Result};
+use crate::outbound::Outbound;
 use crate::paging::{self, Cursor};
 use crate::providers::{self, BaseUrls, Provider, catalog};
 use crate::storage::platform_keys::{self as store, NewVersion};
@@ -98,7 +99,7 @@ pub struct PlatformKeys {
     ring: KeyRing,
     env: Arc<EnvFallback>,
     urls: BaseUrls,
-    http: reqwest::Client,
+    outbound: Outbound,
     feed: ChangeFeed,
 }
 
@@ -108,16 +109,17 @@ impl PlatformKeys {
         ring: KeyRing,
         env: EnvFallback,
         urls: BaseUrls,
+        outbound: Outbound,
         feed: ChangeFeed,
-    ) -> Result<Self> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             db,
             ring,
             env: Arc::new(env),
             urls,
-            http: providers::http_client()?,
+            outbound,
             feed,
-        })
+        }
     }
 
     #[tracing::instrument(skip_all, fields(actor = %caller.user_id()))]
@@ -160,6 +162,7 @@ impl PlatformKeys {
         caller.require_admin()?;
         let spec = spec(&req.name)?;
         let value = Zeroizing::new(req.api_key.trim().to_owned());
+        providers::check_key_length("api_key", &value)?;
         if !spec.accepts(&value) {
             return Err(crate::providers::bad_key_format(
                 "api_key",
@@ -324,7 +327,15 @@ impl PlatformKeys {
             .reveal(spec, &current)?
             .ok_or_else(|| not_configured(spec))?;
         let base = self.urls.get(spec.id, spec.base_url);
-        let outcome = providers::run(&self.http, base, live, &value, LIVE_TEST_TIMEOUT).await;
+        let outcome = providers::run(
+            &self.outbound,
+            base,
+            "the provider URL",
+            live,
+            &value,
+            LIVE_TEST_TIMEOUT,
+        )
+        .await;
         // One statement commits on its own: no BEGIN and COMMIT round trips around it.
         audit::record(
             &self.db,

@@ -1,7 +1,7 @@
 //! Providers, shared by platform keys and BYOK: the one catalog, the shape check of their keys,
-//! and live checks (one cheap authenticated request, timed). Base URLs come from configuration
-//! so that tests (and closed networks) can point them elsewhere. Neither the key nor a URL that
-//! could carry it is ever logged.
+//! and live checks (one cheap authenticated request, timed, through the outbound guard). Base
+//! URLs come from configuration so that tests (and closed networks) can point them elsewhere.
+//! Neither the key nor a URL that could carry it is ever logged.
 
 pub mod catalog;
 
@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::outbound::{self, Outbound};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Auth {
@@ -65,15 +66,22 @@ pub struct Outcome {
     pub rejected: bool,
 }
 
-/// Runs `test` against `base_url` with `key`, within `timeout`.
+/// Runs `test` against `base_url` with `key`, within `timeout`, through the outbound guard.
+/// `what` names the URL in a refusal ("endpoint", "the provider URL"). A refused URL is a
+/// failed outcome with the reason and no status or latency: nothing was sent.
 pub async fn run(
-    client: &reqwest::Client,
+    outbound: &Outbound,
     base_url: &str,
+    what: &str,
     test: &LiveTest,
     key: &str,
     timeout: Duration,
 ) -> Outcome {
+    if let Err(reason) = outbound.check_url(base_url) {
+        return Outcome::refused(format!("{what} {reason}"));
+    }
     let url = format!("{}{}", base_url.trim_end_matches('/'), test.path);
+    let client = outbound.client();
     let mut req = if test.post {
         client.post(&url)
     } else {
@@ -120,6 +128,9 @@ pub async fn run(
             }
         }
         Err(e) => {
+            if let Some(refused) = outbound::refused(&e) {
+                return Outcome::refused(format!("{what} {refused}"));
+            }
             // reqwest's error text can include the URL; only the kind is reported.
             let detail = if e.is_timeout() {
                 format!("no answer within {} s", timeout.as_secs())
@@ -135,6 +146,18 @@ pub async fn run(
                 detail,
                 rejected: false,
             }
+        }
+    }
+}
+
+impl Outcome {
+    fn refused(detail: String) -> Self {
+        Self {
+            ok: false,
+            status_code: 0,
+            latency_ms: 0,
+            detail,
+            rejected: false,
         }
     }
 }
@@ -175,6 +198,24 @@ impl BaseUrls {
 /// The fewest characters a provider key may have.
 pub const MIN_KEY_LEN: usize = 10;
 
+/// The most bytes a stored provider secret may have (1 KiB): no provider's key comes near it,
+/// and every byte is encrypted, stored and decrypted again.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Refuses a secret in `field` longer than `MAX_KEY_BYTES`.
+pub fn check_key_length(field: &'static str, key: &str) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{field} must be at most {MAX_KEY_BYTES} bytes (1 KiB), got {}",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `key` can be a provider key: long enough, visible ASCII only (it travels in an HTTP
 /// header, and a control character would not survive storage), starting with one of `prefixes`
 /// (any start when empty) and not with `not_prefix`, which belongs to another provider.
@@ -193,12 +234,4 @@ pub fn bad_key_format(field: &'static str, provider: &str, hint: &str) -> Error 
             "Invalid {provider} API key format. Expected format: {hint} (at least {MIN_KEY_LEN} characters)"
         ),
     )
-}
-
-pub fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .user_agent(concat!("keyhouse/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(Error::internal)
 }
