@@ -177,6 +177,49 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+pub const DEFAULT_SESSION_MAX_TTL: &str = "30d";
+pub const SESSION_MAX_TTL_VAR: &str = "KEYHOUSE_SESSION_MAX_TTL";
+
+/// How long a session may live: `session create` refuses more, and the server lowers a stored
+/// expiry that lies further ahead (a session made before the limit, or under a higher one).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SessionPolicy {
+    /// The longest a session may live, e.g. 12h or 30d.
+    #[arg(
+        long = "session-max-ttl",
+        env = SESSION_MAX_TTL_VAR,
+        default_value = DEFAULT_SESSION_MAX_TTL,
+        value_parser = crate::duration::parse
+    )]
+    pub max_ttl: chrono::Duration,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self {
+            max_ttl: chrono::Duration::days(30),
+        }
+    }
+}
+
+impl SessionPolicy {
+    /// Refuses a lifetime over the limit, naming the limit and the setting that raises it.
+    pub fn check_ttl(&self, ttl: chrono::Duration) -> Result<()> {
+        if ttl > self.max_ttl {
+            return Err(Error::invalid(
+                "ttl",
+                format!(
+                    "ttl {} is longer than the longest a session may live, {}; \
+                     {SESSION_MAX_TTL_VAR} (or --session-max-ttl) sets that limit",
+                    crate::duration::format(ttl),
+                    crate::duration::format(self.max_ttl),
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The rules for minting user API keys.
 #[derive(clap::Args, Clone, Debug)]
 pub struct KeyPolicy {
@@ -253,5 +296,30 @@ impl KeyPolicy {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_limit_defaults_to_its_documented_value_and_names_its_setting() {
+        let policy = SessionPolicy::default();
+        assert_eq!(
+            crate::duration::parse(DEFAULT_SESSION_MAX_TTL),
+            Ok(policy.max_ttl)
+        );
+        assert!(policy.check_ttl(chrono::Duration::days(30)).is_ok());
+        let refused = policy
+            .check_ttl(chrono::Duration::days(31))
+            .expect_err("over the limit");
+        let message = refused.to_string();
+        assert!(
+            message.contains("31d")
+                && message.contains("30d")
+                && message.contains(SESSION_MAX_TTL_VAR),
+            "{message}"
+        );
     }
 }

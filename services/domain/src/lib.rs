@@ -10,6 +10,7 @@ pub mod change_feed;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod duration;
 pub mod entities;
 pub mod error;
 pub mod observe;

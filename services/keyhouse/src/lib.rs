@@ -4,8 +4,6 @@
 use keyhouse_server::ServerSettings;
 use keyhouse_server::bootstrap::{self, Deployment, Mount};
 
-pub mod duration;
-
 /// Every service keyhouse has, in the order they are mounted.
 pub const SERVICES: [&dyn Mount; 2] = [
     &keyhouse_user_keys::Service,

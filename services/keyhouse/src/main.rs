@@ -1,10 +1,11 @@
 use clap::{Parser, Subcommand};
 use keyhouse_domain::caller::Role;
-use keyhouse_domain::config::DEFAULT_DATABASE_URL;
+use keyhouse_domain::config::{DEFAULT_DATABASE_URL, SessionPolicy};
 use keyhouse_domain::crypto::fernet_ring::KeyRing;
-use keyhouse_domain::{db, rotation, storage};
+use keyhouse_domain::{db, duration, rotation, storage};
 use keyhouse_server::bootstrap::{self, Deployment};
 use keyhouse_server::{ServerSettings, key_file, telemetry};
+use zeroize::Zeroizing;
 
 /// keyhouse: API keys for an LLM gateway. `keyhouse serve` runs everything on one port.
 #[derive(Parser)]
@@ -83,9 +84,33 @@ enum SessionCommand {
         /// `admin` or `user`.
         #[arg(long)]
         role: Role,
-        /// How long the session lives, e.g. 30m, 8h, 7d.
-        #[arg(long, default_value = "8h", value_parser = keyhouse::duration::parse)]
+        /// How long the session lives, e.g. 30m, 8h, 7d; at most the session limit.
+        #[arg(long, default_value = "8h", value_parser = duration::parse)]
         ttl: chrono::Duration,
+        #[command(flatten)]
+        policy: SessionPolicy,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
+    /// End sessions: the one TOKEN names, or every session of --user (one with --id). Servers
+    /// that resolved a session in the last KEYHOUSE_SESSION_CACHE_SECS may accept it that long.
+    Revoke {
+        /// The session's token; `-` reads it from stdin, out of the process list and history.
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        token: Option<String>,
+        /// End every session of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// With --user: end only the session with this id (from `session list`).
+        #[arg(long, requires = "user")]
+        id: Option<String>,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
+    /// Print a user's live sessions: id, role, creation and expiry (UTC). Never their tokens.
+    List {
+        #[arg(long)]
+        user: String,
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
         database_url: String,
     },
@@ -129,12 +154,75 @@ async fn run(command: Operator) -> anyhow::Result<()> {
             email,
             role,
             ttl,
+            policy,
             database_url,
         }) => {
+            policy.check_ttl(ttl)?;
             let db = db::connect(&database_url).await?;
             db::ensure_schema_current(&db).await?;
             let token = storage::sessions::create(&db, &user, &email, role, ttl).await?;
             println!("{}", token.as_str());
+            Ok(())
+        }
+        Operator::Session(SessionCommand::Revoke {
+            token,
+            user,
+            id,
+            database_url,
+        }) => {
+            let db = db::connect(&database_url).await?;
+            db::ensure_schema_current(&db).await?;
+            match (token, user, id) {
+                (Some(token), _, _) => {
+                    let token = if token == "-" {
+                        let mut line = Zeroizing::new(String::new());
+                        std::io::stdin().read_line(&mut line)?;
+                        line
+                    } else {
+                        Zeroizing::new(token)
+                    };
+                    if !storage::sessions::revoke(&db, &token).await? {
+                        anyhow::bail!(
+                            "no session has this token: never issued, already revoked, or expired"
+                        );
+                    }
+                    println!("1 session revoked");
+                }
+                (None, Some(user), Some(id)) => {
+                    if !storage::sessions::revoke_id(&db, &user, &id).await? {
+                        anyhow::bail!("{user} has no session with the id {id}");
+                    }
+                    println!("1 session of {user} revoked");
+                }
+                (None, Some(user), None) => {
+                    let revoked = storage::sessions::revoke_user(&db, &user).await?;
+                    println!("{revoked} session(s) of {user} revoked");
+                }
+                (None, None, _) => anyhow::bail!("name a TOKEN or --user"),
+            }
+            Ok(())
+        }
+        Operator::Session(SessionCommand::List { user, database_url }) => {
+            let db = db::connect(&database_url).await?;
+            db::ensure_schema_current(&db).await?;
+            let sessions = storage::sessions::list(&db, &user).await?;
+            let time = |t: chrono::DateTime<chrono::Utc>| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            };
+            println!(
+                "{:<16}  {:<5}  {:<20}  {:<20}",
+                "ID", "ROLE", "CREATED", "EXPIRES"
+            );
+            for s in &sessions {
+                println!(
+                    "{:<16}  {:<5}  {:<20}  {:<20}",
+                    s.id,
+                    s.role,
+                    time(s.created_at),
+                    time(s.expires_at)
+                );
+            }
+            eprintln!("{} live session(s) of {user}", sessions.len());
             Ok(())
         }
         Operator::ServiceToken(ServiceTokenCommand::Create) => {
@@ -160,13 +248,24 @@ async fn run(command: Operator) -> anyhow::Result<()> {
             db::ensure_schema_current(&db).await?;
             let done = rotation::rotate(&db, &ring, batch_size.max(1), limit, |p| {
                 eprintln!(
-                    "{}: {} re-encrypted, {} already current",
-                    p.table, p.rotated, p.current
+                    "{}: {} re-encrypted ({} newly bound to their row), {} already current, {} refused",
+                    p.table, p.rotated, p.bound, p.current, p.refused
                 );
             })
             .await?;
-            let rotated: usize = done.iter().map(|p| p.rotated).sum();
-            eprintln!("rotation finished: {rotated} secret(s) re-encrypted under the primary key");
+            let total = |f: fn(&rotation::Progress) -> usize| done.iter().map(f).sum::<usize>();
+            eprintln!(
+                "rotation finished: {} secret(s) re-encrypted under the primary key, {} of them newly bound to their row",
+                total(|p| p.rotated),
+                total(|p| p.bound)
+            );
+            let refused = total(|p| p.refused);
+            if refused > 0 {
+                anyhow::bail!(
+                    "{refused} secret(s) are bound to another row (copied there) and were left as they are; \
+                     the log names each row: store those keys again"
+                );
+            }
             Ok(())
         }
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use keyhouse_domain::change_feed::ChangeFeed;
 use keyhouse_domain::crypto::fernet_ring::KeyRing;
-use keyhouse_domain::db;
+use keyhouse_domain::storage::sessions;
+use keyhouse_domain::{db, duration};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
@@ -90,12 +91,54 @@ pub async fn run(
     for mount in mounts {
         mount.mount(&ctx, &mut services).await?;
     }
+    let _upkeep = AbortOnDrop(tokio::spawn(upkeep_sessions(
+        ctx.db.clone(),
+        ctx.settings.sessions.max_ttl,
+        Duration::from_secs(ctx.settings.session_purge_secs.max(1)),
+    )));
     let after = std::mem::take(&mut services.on_shutdown);
     let served = router::serve(listener, services, &ctx.settings.cors_origins, shutdown).await;
     for work in after {
         work.await?;
     }
     served
+}
+
+/// Deletes expired sessions and brings expiries beyond the session limit down to it, at start
+/// and then every `every`. Each replica does it; a pass repeated elsewhere changes nothing.
+async fn upkeep_sessions(db: DatabaseConnection, max_ttl: chrono::Duration, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match sessions::cap_expiry(&db, max_ttl).await {
+            Ok(0) => {}
+            Ok(capped) => tracing::info!(
+                capped,
+                max_ttl = %duration::format(max_ttl),
+                "sessions that would outlive the session limit now end at it"
+            ),
+            Err(e) => {
+                tracing::warn!(error = ?e, "capping session expiries failed; next pass retries")
+            }
+        }
+        match sessions::purge_expired(&db).await {
+            Ok(0) => tracing::debug!(purged = 0, "no expired sessions to purge"),
+            Ok(purged) => tracing::info!(purged, "expired sessions purged"),
+            Err(e) => {
+                tracing::warn!(error = ?e, "purging expired sessions failed; next pass retries")
+            }
+        }
+    }
+}
+
+/// Ends a background task with the server that started it, however `run` ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A binary's whole `main`: logging and traces, the listener, `run`, and one clear line on

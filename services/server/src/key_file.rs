@@ -1,6 +1,7 @@
 //! The embedded default's encryption key: `keyhouse serve` on SQLite with no key configured
 //! keeps one in a file beside the database (mode 0600), so one command starts everything.
-//! PostgreSQL deployments never get one: there a missing key is a refusal to start.
+//! PostgreSQL deployments never get one: there a missing key is a refusal to start. A key file
+//! that group or others may read or write is a refusal to start too, naming the `chmod` to run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,12 +50,37 @@ pub fn key_ring(settings: &Settings, create: bool) -> anyhow::Result<KeyRing> {
 }
 
 fn read(path: &Path) -> anyhow::Result<KeyRing> {
+    check_mode(path)?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the key file {}", path.display()))?;
     Ok(KeyRing::parse(
         &text,
         &format!("the key file {}", path.display()),
     )?)
+}
+
+/// Whoever may read the key file may read every stored secret with a copy of the database.
+#[cfg(unix)]
+fn check_mode(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading the key file {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "the key file {path} is open to group or others (mode {mode:03o}); anyone who can \
+             read it can decrypt every stored secret. Run `chmod 600 {path}` and start again",
+            path = path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_mode(_: &Path) -> anyhow::Result<()> {
+    Ok(())
 }
 
 fn write_new(path: &Path) -> anyhow::Result<()> {

@@ -22,7 +22,9 @@ pub fn router(db: DatabaseConnection) -> Router {
         .with_state(db)
 }
 
-/// Ready when the database answers and its schema is the one this build expects.
+/// Ready when the database answers and its schema is the one this build expects. Anyone may
+/// ask, so the answer is only ready or not: why not (which database, which migration) goes to
+/// the log.
 async fn ready(State(db): State<DatabaseConnection>) -> Response {
     let check = async {
         db.ping().await.map_err(keyhouse_domain::Error::from)?;
@@ -31,8 +33,11 @@ async fn ready(State(db): State<DatabaseConnection>) -> Response {
     match check.await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            RestError::detail(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
+            tracing::warn!(reason = %format!("{:#}", anyhow::Error::new(e)), "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not ready" })),
+            )
                 .into_response()
         }
     }

@@ -4,8 +4,9 @@
 use std::future::Future;
 
 use axum::Router;
+use axum::response::Response;
 use axum::serve::ListenerExt;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, header};
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -80,11 +81,13 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .into_axum_router()
-        .layer(tonic_web::GrpcWebLayer::new());
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(axum::middleware::map_response(no_store));
 
     let rest = services
         .rest
         .layer(axum::middleware::from_fn(crate::rest::require_csrf_token))
+        .layer(axum::middleware::map_response(no_store))
         .merge(docs::router(services.openapi))
         .merge(probes::router(services.db));
     let mut app = rest
@@ -127,6 +130,16 @@ pub async fn serve(
         .await?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// API answers may hold a secret (a new key, a decrypted one, a hand-out): no browser or proxy
+/// may keep a copy. Set on every API answer rather than on the few that carry one, so a new RPC
+/// cannot forget it; the documentation pages stay cacheable.
+async fn no_store(mut res: Response) -> Response {
+    res.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    res
 }
 
 /// Browsers may call only from the configured origins; with none configured there is no CORS

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use keyhouse_domain::config::Settings;
+use keyhouse_domain::config::{SessionPolicy, Settings};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8084";
 
@@ -34,6 +34,14 @@ pub struct ServerSettings {
     #[arg(long, env = "KEYHOUSE_SESSION_CACHE_SECS", default_value_t = 5)]
     pub session_cache_secs: u64,
 
+    /// How often expired sessions are deleted and expiries beyond the session limit lowered to
+    /// it (seconds); also once at start.
+    #[arg(long, env = "KEYHOUSE_SESSION_PURGE_SECS", default_value_t = 300)]
+    pub session_purge_secs: u64,
+
+    #[command(flatten)]
+    pub sessions: SessionPolicy,
+
     /// Log format: `pretty` or `json`.
     #[arg(
         long,
@@ -55,6 +63,8 @@ impl ServerSettings {
             cors_origins: Vec::new(),
             service_tokens: Vec::new(),
             session_cache_secs: 5,
+            session_purge_secs: 300,
+            sessions: SessionPolicy::default(),
             log_format: crate::telemetry::LogFormat::Pretty,
             domain: Settings::new(database_url),
         }

@@ -10,7 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::caller::Caller;
-use crate::crypto::fernet_ring::KeyRing;
+use crate::crypto::fernet_ring::{KeyRing, binding};
 use crate::crypto::mask;
 use crate::entities::user_provider_keys;
 use crate::error::{Error, Result};
@@ -95,7 +95,9 @@ impl Byok {
                 id: Uuid::new_v4(),
                 user_id: caller.user_id().to_owned(),
                 provider: provider.id.to_owned(),
-                ciphertext: self.ring.encrypt(key),
+                ciphertext: self
+                    .ring
+                    .encrypt_bound(&binding::byok(caller.user_id(), provider.id), key),
                 key_preview: mask::preview(key),
                 label: (!label.is_empty()).then(|| label.to_owned()),
                 endpoint: endpoint.clone(),
@@ -171,7 +173,9 @@ impl Byok {
         let row = store::find(&self.db, caller.user_id(), provider.id)
             .await?
             .ok_or_else(|| no_key(provider))?;
-        let key = self.ring.decrypt(&row.ciphertext)?;
+        let key = self
+            .ring
+            .decrypt_bound(&binding::byok(&row.user_id, &row.provider), &row.ciphertext)?;
         let (base, what) = match row.endpoint.as_deref() {
             Some(endpoint) => (endpoint, "endpoint"),
             None => (
@@ -224,7 +228,9 @@ impl Byok {
         let row = store::find(&self.db, user_id, provider.id)
             .await?
             .ok_or_else(|| no_key(provider))?;
-        let key = self.ring.decrypt(&row.ciphertext)?;
+        let key = self
+            .ring
+            .decrypt_bound(&binding::byok(&row.user_id, &row.provider), &row.ciphertext)?;
         // One statement commits on its own: no BEGIN and COMMIT round trips around it.
         audit::record(
             &self.db,

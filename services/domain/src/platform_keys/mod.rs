@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::caller::Caller;
 use crate::change_feed::{Change, ChangeFeed};
-use crate::crypto::fernet_ring::KeyRing;
+use crate::crypto::fernet_ring::{KeyRing, binding};
 use crate::crypto::mask;
 use crate::entities::platform_settings;
 use crate::error::{Error, Result};
@@ -191,7 +191,9 @@ impl PlatformKeys {
             .ok_or_else(|| {
                 Error::NotFound(format!("version {} of {} not found", req.version, spec.id))
             })?;
-        let value = self.ring.decrypt(&old.ciphertext)?;
+        let value = self
+            .ring
+            .decrypt_bound(&binding::platform(&old.name), &old.ciphertext)?;
         let version = self
             .store_version(
                 caller,
@@ -416,7 +418,7 @@ impl PlatformKeys {
             &txn,
             NewVersion {
                 name: spec.id,
-                ciphertext: self.ring.encrypt(value),
+                ciphertext: self.ring.encrypt_bound(&binding::platform(spec.id), value),
                 key_preview: preview.clone(),
                 created_by: caller.user_id(),
                 rolled_back_from,
@@ -468,7 +470,10 @@ impl PlatformKeys {
 
     fn reveal(&self, spec: &Provider, current: &Current) -> Result<Option<Zeroizing<String>>> {
         match &current.stored {
-            Some(row) => self.ring.decrypt(&row.value).map(Some),
+            Some(row) => self
+                .ring
+                .decrypt_bound(&binding::platform(&row.key), &row.value)
+                .map(Some),
             None => Ok(self.env.get(spec.id).cloned()),
         }
     }

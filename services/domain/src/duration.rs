@@ -26,6 +26,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The way an operator would type `d`: the largest unit that divides it.
+pub fn format(d: Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        _ if s != 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s != 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        _ if s != 0 && s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +49,13 @@ mod tests {
         assert!(parse("0h").is_err());
         assert!(parse("8 weeks").is_err());
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn formatting_uses_the_largest_unit_and_parses_back() {
+        for text in ["30d", "36h", "90m", "61s"] {
+            assert_eq!(format(parse(text).expect("parses")), text);
+        }
+        assert_eq!(format(Duration::hours(48)), "2d");
     }
 }
