@@ -91,7 +91,10 @@ async fn measure(args: &Args, server: &Server) -> anyhow::Result<()> {
         flooded += busy.per_second / turns as f64;
         flood_rate += flood.per_second / turns as f64;
         failures += busy.failures + flood.failures;
-        let (channels, call) = (flood_channels.clone(), sent_once(forged.clone(), next.clone()));
+        let (channels, call) = (
+            flood_channels.clone(),
+            sent_once(forged.clone(), next.clone()),
+        );
         let steady =
             tokio::spawn(async move { load::open(&channels, call, FLOOD_RATE, turn).await });
         let busy = load::closed(&traffic, each(cached.clone()), args.concurrency, turn).await;

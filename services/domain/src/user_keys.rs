@@ -58,7 +58,7 @@ impl UserKeys {
     ) -> Result<pb::IssuedKey> {
         let name = validate_name(&req.name)?;
         let now = now();
-        let expires_at = self.expiry(req.expires_in_days, now)?;
+        let expires_at = self.expiry(caller, req.expires_in_days, now)?;
         let permissions = self.permissions(req.permissions)?;
         let rate_limit = match req.rate_limit_per_minute {
             None => None,
@@ -80,14 +80,16 @@ impl UserKeys {
             rate_limit,
             allowed_ips.as_deref(),
         )?;
-        self.within_limits(&self.db, caller, now).await?;
+        self.within_limits(&self.db, caller, now, true).await?;
         let key = ApiKey::generate()?;
         let key_hash = key.hash(self.policy.bcrypt_cost).await?;
 
         let id = Uuid::new_v4();
         let txn = crate::db::begin(&self.db).await?;
-        // Counted again where it is written: the bcrypt above gave others time to create too.
-        self.within_limits(&txn, caller, now).await?;
+        // Counted again where it is written, with the user's other creations held off: the
+        // bcrypt above gave them time to run.
+        store::lock_owner(&txn, caller.user_id()).await?;
+        self.within_limits(&txn, caller, now, true).await?;
         let row = store::insert(
             &txn,
             user_api_keys::ActiveModel {
@@ -193,7 +195,8 @@ impl UserKeys {
         req: pb::RegenerateKeyRequest,
     ) -> Result<pb::IssuedKey> {
         let id = parse_key_id(&req.key_id)?;
-        let expires_at = self.expiry(req.expires_in_days, now())?;
+        let now = now();
+        let expires_at = self.expiry(caller, req.expires_in_days, now)?;
         let current = self.find(caller, id).await?;
         if !current.is_active {
             return Err(revoked());
@@ -215,6 +218,11 @@ impl UserKeys {
             expires_at,
         };
         let txn = crate::db::begin(&self.db).await?;
+        // An expired key made active again counts against the active-keys limit.
+        if Status::of(current.is_active, current.expires_at, now) == Status::Expired {
+            store::lock_owner(&txn, caller.user_id()).await?;
+            self.within_limits(&txn, caller, now, false).await?;
+        }
         // A revoke that landed while bcrypt ran wins: the update only touches an active key.
         let row = store::replace_secret(&txn, caller.user_id(), id, secret)
             .await?
@@ -281,18 +289,22 @@ impl UserKeys {
         Ok(())
     }
 
-    /// The user's active keys and this minute's creates, against the policy's limits.
+    /// The user's active keys, and for a create this minute's creates, against the policy.
     async fn within_limits(
         &self,
         conn: &impl sea_orm::ConnectionTrait,
         caller: &Caller,
         now: DateTime<Utc>,
+        creating: bool,
     ) -> Result<()> {
         let max = self.policy.max_active_keys_per_user;
         if store::count_active(conn, caller.user_id(), now).await? >= max {
             return Err(Error::ResourceExhausted(format!(
                 "a user may hold at most {max} active API keys (KEYHOUSE_MAX_ACTIVE_KEYS_PER_USER); revoke one first"
             )));
+        }
+        if !creating {
+            return Ok(());
         }
         let max = self.policy.max_key_creates_per_minute;
         let since = now - Duration::minutes(1);
@@ -310,7 +322,20 @@ impl UserKeys {
             .ok_or_else(not_found)
     }
 
-    fn expiry(&self, days: Option<i32>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    /// The expiry asked for. Unasked, it is the default, or the calling key's own expiry when
+    /// that comes sooner: a key made through a key may not outlive it.
+    fn expiry(
+        &self,
+        caller: &Caller,
+        days: Option<i32>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let limit = caller.via_key.as_ref().and_then(|k| k.expires_at);
+        if let (None, Some(limit)) = (days, limit)
+            && limit < now + Duration::days(i64::from(DEFAULT_EXPIRY_DAYS))
+        {
+            return Ok(Some(limit));
+        }
         match days.unwrap_or(DEFAULT_EXPIRY_DAYS) {
             0 if self.policy.allow_non_expiring_keys => Ok(None),
             0 => Err(Error::invalid(
@@ -438,9 +463,9 @@ fn within_bounds(
     if let Some(limit) = via.expires_at
         && expires_at.is_none_or(|at| at > limit)
     {
-        let days = (limit - Utc::now()).num_days();
         return exceeds(format!(
-            "expires_in_days: it expires at {}, and a key it makes may not outlive it (ask for at most {days} days)",
+            "expires_in_days: it expires at {}, and a key it makes may not outlive it (leave \
+             expires_in_days out to take its expiry)",
             limit.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ));
     }
@@ -534,5 +559,115 @@ fn listed(row: Listed, now: DateTime<Utc>) -> pb::ApiKey {
             .to_owned(),
         rate_limit_per_minute: row.rate_limit_per_minute,
         allowed_ips: row.allowed_ips.as_ref().map(strings).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caller::{KeyBounds, Principal};
+
+    fn through(bounds: KeyBounds) -> Caller {
+        Caller {
+            principal: Principal {
+                user_id: "alice".into(),
+                email: String::new(),
+                role: Role::User,
+            },
+            request_id: "test".into(),
+            via_key: Some(bounds),
+        }
+    }
+
+    fn key(expires_in_days: Option<i64>, rate_limit: Option<u32>, allowed: &[&str]) -> KeyBounds {
+        KeyBounds {
+            key_id: Uuid::nil(),
+            scopes: vec!["keys:manage".into(), "llm:inference".into()],
+            expires_at: expires_in_days.map(|d| Utc::now() + Duration::days(d)),
+            rate_limit,
+            allowed: (!allowed.is_empty())
+                .then(|| allowed.iter().filter_map(|c| parse_network(c)).collect()),
+        }
+    }
+
+    fn refused_for(result: Result<()>) -> String {
+        match result {
+            Err(Error::PermissionDenied(m)) => m,
+            other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+        }
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_session_is_not_bounded() {
+        let session = Caller {
+            via_key: None,
+            ..through(key(Some(1), Some(1), &["10.0.0.0/8"]))
+        };
+        assert!(within_bounds(&session, &strings(&["usage:read"]), None, None, None).is_ok());
+    }
+
+    #[test]
+    fn scopes_expiry_and_rate_must_stay_within_the_calling_key() {
+        let caller = through(key(Some(10), Some(50), &[]));
+        let soon = Some(Utc::now() + Duration::days(5));
+        let scopes = strings(&["llm:inference"]);
+        assert!(within_bounds(&caller, &scopes, soon, Some(50), None).is_ok());
+        let m = refused_for(within_bounds(
+            &caller,
+            &strings(&["usage:read"]),
+            soon,
+            Some(5),
+            None,
+        ));
+        assert!(m.contains("permissions: 'usage:read'"), "{m}");
+        let later = Some(Utc::now() + Duration::days(11));
+        assert!(
+            refused_for(within_bounds(&caller, &scopes, later, Some(5), None))
+                .contains("expires_in_days")
+        );
+        assert!(
+            refused_for(within_bounds(&caller, &scopes, None, Some(5), None))
+                .contains("expires_in_days")
+        );
+        assert!(
+            refused_for(within_bounds(&caller, &scopes, soon, None, None))
+                .contains("rate_limit_per_minute")
+        );
+        assert!(
+            refused_for(within_bounds(&caller, &scopes, soon, Some(51), None))
+                .contains("rate_limit_per_minute")
+        );
+        // A key that never expires and has no limit bounds neither.
+        let open = through(key(None, None, &[]));
+        assert!(within_bounds(&open, &scopes, None, None, None).is_ok());
+    }
+
+    #[test]
+    fn networks_must_lie_inside_one_of_the_calling_keys_networks() {
+        let caller = through(key(None, None, &["10.0.0.0/8", "2001:db8::/32"]));
+        let scopes = strings(&["llm:inference"]);
+        let inside = strings(&["10.1.0.0/16", "2001:db8:1::/48", "10.2.3.4"]);
+        assert!(within_bounds(&caller, &scopes, None, None, Some(&inside)).is_ok());
+        for outside in [
+            &["10.0.0.0/7"][..],
+            &["192.168.0.1"],
+            &["2001:db9::/32"],
+            &["::ffff:10.0.0.1/128"],
+        ] {
+            let m = refused_for(within_bounds(
+                &caller,
+                &scopes,
+                None,
+                None,
+                Some(&strings(outside)),
+            ));
+            assert!(m.contains("allowed_ips"), "{outside:?}: {m}");
+        }
+        let m = refused_for(within_bounds(&caller, &scopes, None, None, None));
+        assert!(m.contains("allowed_ips"), "{m}");
     }
 }

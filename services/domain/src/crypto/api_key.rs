@@ -3,8 +3,9 @@
 //! touching storage and secret scanners can recognise a real one.
 
 use std::fmt;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use tokio::sync::Semaphore;
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -82,20 +83,23 @@ impl PartialEq for ApiKey {
     }
 }
 
-/// bcrypt work in flight per process: one per core, and at most `MAX_WAITING` more queued.
-/// Beyond that a call is refused at once, so no flood can queue unbounded work.
+/// bcrypt work per process: one running per core, and at most `MAX_WAITING` more admitted to
+/// wait. Beyond that a call is refused at once, so no flood can queue unbounded work. Both
+/// permits travel into the blocking task: a caller that gives up does not free a slot while its
+/// bcrypt still runs.
 struct Slots {
-    running: tokio::sync::Semaphore,
-    waiting: AtomicUsize,
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
 }
 
 const MAX_WAITING: usize = 64;
 
-static SLOTS: LazyLock<Slots> = LazyLock::new(|| Slots {
-    running: tokio::sync::Semaphore::new(
-        std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-    ),
-    waiting: AtomicUsize::new(0),
+static SLOTS: LazyLock<Slots> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    Slots {
+        admitted: Arc::new(Semaphore::new(cores + MAX_WAITING)),
+        running: Arc::new(Semaphore::new(cores)),
+    }
 });
 
 /// Runs one bcrypt operation on the blocking pool, timed for the metrics and traced as a child
@@ -104,20 +108,21 @@ async fn on_blocking_pool<T: Send + 'static>(
     operation: &'static str,
     f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static,
 ) -> Result<T> {
-    let queued = SLOTS.waiting.fetch_add(1, Ordering::AcqRel);
-    let permit = if queued >= MAX_WAITING {
-        None
-    } else {
-        SLOTS.running.acquire().await.ok()
-    };
-    SLOTS.waiting.fetch_sub(1, Ordering::AcqRel);
-    let Some(_permit) = permit else {
-        return Err(Error::Unavailable(
-            "too many key checks in progress; try again shortly".into(),
-        ));
-    };
+    let busy = || Error::Unavailable("too many key checks in progress; try again shortly".into());
+    let admitted = SLOTS
+        .admitted
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| busy())?;
+    let running = SLOTS
+        .running
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| busy())?;
     let span = tracing::info_span!("bcrypt", bcrypt.operation = operation);
     tokio::task::spawn_blocking(move || {
+        let _permits = (admitted, running);
         let _entered = span.enter();
         let started = std::time::Instant::now();
         let out = f();
@@ -202,6 +207,33 @@ mod tests {
         }
         assert!(refused > 0, "nothing was refused: the queue is unbounded");
         assert!(verified > 0, "nothing was verified");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_give_up_free_their_places_once_their_bcrypt_ends() {
+        let key = ApiKey::generate().expect("rng");
+        let hash = bcrypt::hash(key.expose(), 6).expect("hash");
+        let calls: Vec<_> = (0..MAX_WAITING * 2)
+            .map(|_| {
+                let (key, hash) = (key.clone(), hash.clone());
+                tokio::spawn(async move { key.verify(&hash).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        for call in &calls {
+            call.abort();
+        }
+        // Work already handed to the blocking pool finishes; then every place is free again.
+        let total =
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get) + MAX_WAITING;
+        for _ in 0..500 {
+            if SLOTS.admitted.available_permits() == total {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(SLOTS.admitted.available_permits(), total);
+        assert!(key.verify(&hash).await.expect("a place is free"));
     }
 
     #[test]

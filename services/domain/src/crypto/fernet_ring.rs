@@ -46,8 +46,8 @@ pub struct Rewrapped {
 #[derive(Clone)]
 pub struct KeyRing {
     keys: Vec<Fernet>,
-    /// The primary key's text, for `derive`.
-    primary: Zeroizing<String>,
+    /// Each key's text, primary first, for `derive`.
+    texts: Vec<Zeroizing<String>>,
 }
 
 impl KeyRing {
@@ -79,20 +79,28 @@ impl KeyRing {
             .collect::<Result<_>>()?;
         Ok(Self {
             keys,
-            primary: Zeroizing::new(parts[0].to_owned()),
+            texts: parts
+                .iter()
+                .map(|p| Zeroizing::new((*p).to_owned()))
+                .collect(),
         })
     }
 
-    /// A 32-byte secret for `purpose`, derived from the primary key (so it is as secret as the
-    /// ring, and changes when the primary does).
-    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+    /// A 32-byte secret for `purpose` from each key of the ring, the primary's first: as secret
+    /// as the ring, and still there for older keys after the primary is rotated.
+    pub fn derive(&self, purpose: &str) -> Vec<Zeroizing<[u8; 32]>> {
         use sha2::{Digest as _, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(b"keyhouse derived secret\0");
-        hasher.update(purpose.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(self.primary.as_bytes());
-        Zeroizing::new(hasher.finalize().into())
+        self.texts
+            .iter()
+            .map(|text| {
+                let mut hasher = Sha256::new();
+                hasher.update(b"keyhouse derived secret v1\0");
+                hasher.update(purpose.as_bytes());
+                hasher.update(b"\0");
+                hasher.update(text.as_bytes());
+                Zeroizing::new(hasher.finalize().into())
+            })
+            .collect()
     }
 
     pub fn generate_key() -> String {

@@ -278,3 +278,19 @@ pub async fn count_created_since(
         .count(conn)
         .await?)
 }
+
+/// Makes one user's key creations take turns until `conn`'s transaction ends, so that limits
+/// counted inside it hold. SQLite's write transactions take turns already.
+#[tracing::instrument(name = "user_keys.lock_owner", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+pub async fn lock_owner(conn: &impl ConnectionTrait, user_id: &str) -> Result<()> {
+    use sea_orm::{DbBackend, Statement};
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtext('user_api_keys:' || $1))",
+            [user_id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}

@@ -176,10 +176,6 @@ impl Verifier {
 
     /// Forgets what is cached about `key_id`, including verdicts being looked up right now.
     pub fn invalidate(&self, key_id: Uuid) {
-        // A prefix's tags change only when a key gains one (which only widens what they admit)
-        // or is regenerated (which moves it to a new prefix); forgetting them all is still the
-        // simple, safe answer to a change, and changes are rare.
-        self.inner.prefixes.clear();
         let mut invalidated = self
             .inner
             .invalidated
@@ -203,7 +199,6 @@ impl Verifier {
         self.inner.resynced.store(now, Ordering::Release);
         self.inner.last_invalidation.store(now, Ordering::Release);
         self.inner.found.clear();
-        self.inner.prefixes.clear();
     }
 
     /// Writes pending usage counts now (also done periodically and at shutdown).
@@ -263,7 +258,9 @@ impl Verifier {
             "" => None,
             ip => Some(
                 ip.parse::<std::net::IpAddr>()
-                    .map_err(|_| Error::invalid("client_ip", "client_ip is not an IP address"))?,
+                    .map_err(|_| Error::invalid("client_ip", "client_ip is not an IP address"))?
+                    // `::ffff:10.1.2.3` is 10.1.2.3, as an IPv4 allowlist means it.
+                    .to_canonical(),
             ),
         };
         let Some(key) = ApiKey::parse(&req.api_key) else {
@@ -420,7 +417,7 @@ impl Verifier {
             if !key.verify(&row.key_hash).await? {
                 continue;
             }
-            if check == TagCheck::Unknown {
+            if self.inner.tagger.is_stale(row.key_tag.as_deref()) {
                 self.retag(&row, key).await;
             }
             return Ok(Some(Arc::new(self.key_info(row))));
@@ -428,14 +425,13 @@ impl Verifier {
         Ok(None)
     }
 
-    /// Gives a key made before tags (or under another tag secret) its tag, now that it has
-    /// proven itself; a failure only means the next miss checks it by bcrypt again.
+    /// Gives a key made before tags (or tagged under an older encryption key) its tag under the
+    /// primary, now that it has proven itself; a failure only means it is tried again next time.
     async fn retag(&self, row: &user_api_keys::Model, key: &ApiKey) {
         let tag = self.inner.tagger.tag(key);
         if let Err(e) = store::set_tag(&self.inner.db, row.id, &row.key_hash, &tag).await {
             tracing::warn!(key_id = %row.id, error = %e, "could not store the key's tag");
         }
-        // The prefix's cached tags still say `unknown` for this key, which refuses nothing.
     }
 
     /// Re-reads a key that changed, without bcrypt: the presented key was proven to be this
@@ -462,7 +458,7 @@ impl Verifier {
             .fold(0u64, |bits, (i, _)| bits | (1 << i));
         // JSON null and an empty list mean no allowlist, as keyhouse has always stored it.
         let allowed = row.allowed_ips.filter(|v| !v.is_null()).and_then(|stored| {
-            let networks: Option<Vec<IpNet>> = serde_json::from_value::<Vec<String>>(stored)
+            let networks: Option<Vec<IpNet>> = <Vec<String> as serde::Deserialize>::deserialize(&stored)
                 .ok()
                 .and_then(|list| list.iter().map(|c| parse_network(c)).collect());
             match networks {
@@ -470,7 +466,8 @@ impl Verifier {
                 Some(networks) => Some(networks),
                 None => {
                     // Fail closed: an allowlist that cannot be read admits no address at all.
-                    tracing::error!(key_id = %row.id, "the key's stored allowed_ips cannot be read; the key is refused until they are fixed");
+                    // Networks are not secret, so the log shows what could not be read.
+                    tracing::error!(key_id = %row.id, allowed_ips = %stored, "the key's stored allowed_ips are not a list of networks; the key is refused until they are fixed");
                     Some(Vec::new())
                 }
             }
@@ -482,9 +479,10 @@ impl Verifier {
             scopes,
             expires_at: row.expires_at.map(|t| t.timestamp()),
             revoked: !row.is_active,
+            // A stored limit below zero (never written by keyhouse) admits nothing.
             rate_limit: row
                 .rate_limit_per_minute
-                .and_then(|n| u32::try_from(n).ok()),
+                .map(|n| u32::try_from(n).unwrap_or(0)),
             allowed: allowed.map(Vec::into_boxed_slice),
         }
     }
@@ -493,9 +491,10 @@ impl Verifier {
         KeyBounds {
             key_id: info.key_id,
             scopes: self.scopes_of(info),
-            expires_at: info
-                .expires_at
-                .and_then(|s| chrono::DateTime::from_timestamp(s, 0)),
+            // Out of chrono's range only when hand-written: as good as expired.
+            expires_at: info.expires_at.map(|s| {
+                chrono::DateTime::from_timestamp(s, 0).unwrap_or(chrono::DateTime::UNIX_EPOCH)
+            }),
             rate_limit: info.rate_limit,
             allowed: info.allowed.as_ref().map(|a| a.to_vec()),
         }
@@ -574,6 +573,11 @@ impl Verifier {
 }
 
 /// What the prefix cache keeps: the stored tag of every key with one prefix (`None`: untagged).
+/// It only ever refuses; whatever it lets through is read again and checked by bcrypt. So a
+/// change to a key need not clear it: a revoke leaves the tag, a regenerate moves the key to a
+/// new prefix, and a key gaining a tag only makes an entry refuse less than it could. A new key
+/// under a prefix cached as empty would be refused until the entry expires, but prefixes carry
+/// 48 random bits.
 struct PrefixTags(Vec<Option<String>>);
 
 impl PrefixTags {
