@@ -17,6 +17,7 @@ mod platform_watch;
 mod rest_bad_requests;
 mod rest_platform_keys;
 mod rest_user_keys;
+mod schemathesis;
 mod server;
 mod stub;
 mod traces;
