@@ -14,6 +14,7 @@ mod logs;
 mod metrics;
 mod platform_keys;
 mod platform_watch;
+mod properties;
 mod rest_bad_requests;
 mod rest_platform_keys;
 mod rest_user_keys;
