@@ -8,7 +8,10 @@ use serde_json::Value;
 use crate::on_both_databases;
 use crate::support::{Backend, TestServer};
 
-on_both_databases!(bad_requests_get_their_documented_4xx_and_never_a_5xx);
+on_both_databases!(
+    bad_requests_get_their_documented_4xx_and_never_a_5xx,
+    an_audit_filter_holding_a_nul_matches_nothing
+);
 
 /// (method, path, content type, body, expected status, field named in a 422's `loc`). The `loc`
 /// must also say where the field was: `query` when the path's query string names it, `path` for
@@ -188,6 +191,14 @@ fn cases(key_id: &str) -> Vec<Case> {
         ),
         c(Method::PUT, &keys, json, "{}", 405, None),
         c(Method::PATCH, &one, json, "{}", 405, None),
+        c(
+            Method::GET,
+            &format!("{keys}?page_size="),
+            None,
+            "",
+            422,
+            Some("page_size"),
+        ),
         c(
             Method::GET,
             &format!("{keys}?page_size=abc"),
@@ -374,6 +385,15 @@ fn cases(key_id: &str) -> Vec<Case> {
             422,
             Some("reason"),
         ),
+        // PostgreSQL refuses a NUL outright: it must be a 422, never a 500.
+        c(
+            Method::GET,
+            &format!("{pk}/openrouter/decrypted?reason=x%00"),
+            None,
+            "",
+            422,
+            Some("reason"),
+        ),
         c(
             Method::POST,
             &format!("{pk}/provisioning/test"),
@@ -530,4 +550,41 @@ async fn bad_requests_get_their_documented_4xx_and_never_a_5xx(backend: Backend)
         .await
         .expect("JSON");
     assert_eq!(listed.as_array().expect("array").len(), 1);
+}
+
+/// PostgreSQL cannot hold a NUL in text, so no stored actor, action or target has one: such a
+/// filter finds nothing on either database, rather than failing the query.
+async fn an_audit_filter_holding_a_nul_matches_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.session("root", Role::Admin).await;
+    let http = server.http();
+    http.put(server.rest("/api/v1/admin/platform-keys/openrouter"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"api_key": "sk-or-v1-0123456789abcdef"}))
+        .send()
+        .await
+        .expect("PUT")
+        .error_for_status()
+        .expect("stored");
+    for filter in ["actor=root%00", "action=%00", "target=openrouter%00x"] {
+        let res = http
+            .get(server.rest(&format!("/api/v1/admin/audit-events?{filter}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(res.status(), StatusCode::OK, "{filter}");
+        let events: Value = res.json().await.expect("JSON");
+        assert_eq!(events, serde_json::json!([]), "{filter}");
+    }
+    let all: Value = http
+        .get(server.rest("/api/v1/admin/audit-events?actor=root"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
 }

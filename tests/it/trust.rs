@@ -24,6 +24,7 @@ on_both_databases!(
     an_ip_limited_key_needs_an_address_inside_its_networks,
     an_unreadable_stored_allowlist_refuses_the_key,
     limits_on_keys_per_user_and_creates_per_minute,
+    concurrent_creates_and_regenerated_expired_keys_stay_within_the_limit,
 );
 
 const KEYS: &str = "/api/v1/account/uc-api-keys";
@@ -607,4 +608,59 @@ async fn limits_on_keys_per_user_and_creates_per_minute(backend: Backend) {
         "{}",
         err.message()
     );
+}
+
+async fn concurrent_creates_and_regenerated_expired_keys_stay_within_the_limit(backend: Backend) {
+    let server = TestServer::start_with(backend, |s| {
+        s.domain.keys.max_active_keys_per_user = 3;
+    })
+    .await;
+    let token = server.session("alice", Role::User).await;
+    let alice = server.user_client(Some(&token)).await;
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let mut client = alice.clone();
+            tokio::spawn(async move { client.create_key(named(&format!("race {i}"))).await })
+        })
+        .collect();
+    let mut made = Vec::new();
+    for call in calls {
+        match call.await.expect("join") {
+            Ok(key) => made.push(key.into_inner()),
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+    }
+    assert_eq!(made.len(), 3, "the limit held under concurrent creates");
+
+    // An expired key regenerated is active again: it counts against the limit.
+    let expired = &made[0];
+    server
+        .exec(&format!(
+            "UPDATE user_api_keys SET expires_at = '2001-01-01T00:00:00+00:00' WHERE key_prefix = '{}'",
+            &expired.api_key[..15]
+        ))
+        .await;
+    let mut alice = alice;
+    let fourth = mint(&mut alice, named("room again")).await;
+    let err = alice
+        .regenerate_key(pb::RegenerateKeyRequest {
+            key_id: expired.key_id.clone(),
+            expires_in_days: None,
+        })
+        .await
+        .expect_err("a fourth active key");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    alice
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: fourth.key_id,
+        })
+        .await
+        .expect("revoke");
+    alice
+        .regenerate_key(pb::RegenerateKeyRequest {
+            key_id: expired.key_id.clone(),
+            expires_in_days: None,
+        })
+        .await
+        .expect("room for it now");
 }

@@ -30,8 +30,7 @@ pub async fn serve(
 /// serves and `gen/openapi.json` holds.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = keyhouse_server::docs::base_document();
-    doc.merge(<keyhouse_user_keys::rest::Docs as utoipa::OpenApi>::openapi());
-    doc.merge(<keyhouse_user_keys::rest_byok::Docs as utoipa::OpenApi>::openapi());
-    doc.merge(<keyhouse_platform_keys::rest::Docs as utoipa::OpenApi>::openapi());
+    doc.merge(keyhouse_user_keys::openapi());
+    doc.merge(keyhouse_platform_keys::openapi());
     doc
 }

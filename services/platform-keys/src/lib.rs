@@ -68,14 +68,21 @@ impl PlatformKeyGrpc {
     /// Adds this service (gRPC and its REST paths) to what a binary serves.
     pub fn register(self, services: &mut Services) {
         services.rest = std::mem::take(&mut services.rest).merge(rest::router(self.clone()));
-        services
-            .openapi
-            .merge(<rest::Docs as utoipa::OpenApi>::openapi());
+        services.openapi.merge(openapi());
         services
             .grpc
             .add_service(PlatformKeyServiceServer::new(self));
         services.names.push(SERVICE_NAME);
     }
+}
+
+/// The OpenAPI paths of this service's REST routes, with the answers every route shares.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    keyhouse_server::docs::with_shared_answers(
+        <rest::Docs as utoipa::OpenApi>::openapi(),
+        SERVICE_NAME,
+        rest::ROUTES,
+    )
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PlatformKeyEvent, Status>> + Send>>;

@@ -212,7 +212,7 @@ fn updated(out: pb::UpdatePlatformKeyResponse) -> Json<UpdatedJson> {
 
 /// Every catalog key, masked.
 #[utoipa::path(get, path = "/api/v1/admin/platform-keys", tag = "platform-keys",
-    responses((status = 200, description = "OK", body = PlatformKeyList), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 403, description = "Forbidden (admins only, or CSRF check failed)", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = PlatformKeyList)))]
 async fn list(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
@@ -396,7 +396,7 @@ async fn test(
     params(("actor" = Option<String>, Query), ("action" = Option<String>, Query), ("target" = Option<String>, Query),
            ("since" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339"),
            ("page_size" = Option<i32>, Query, description = "1-500, default 50"), ("page_token" = Option<String>, Query, description = "from X-Next-Page-Token")),
-    responses((status = 200, description = "OK", body = Vec<AuditEventJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))), (status = 403, description = "Forbidden (admins only, or CSRF check failed)", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<AuditEventJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn audit_events(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,

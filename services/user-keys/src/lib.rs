@@ -95,15 +95,21 @@ impl UserKeyGrpc {
     pub fn register(self, services: &mut Services) {
         let rest = rest::router(self.clone()).merge(rest_byok::router(self.clone()));
         services.rest = std::mem::take(&mut services.rest).merge(rest);
-        services
-            .openapi
-            .merge(<rest::Docs as utoipa::OpenApi>::openapi());
-        services
-            .openapi
-            .merge(<rest_byok::Docs as utoipa::OpenApi>::openapi());
+        services.openapi.merge(openapi());
         services.grpc.add_service(UserKeyServiceServer::new(self));
         services.names.push(SERVICE_NAME);
     }
+}
+
+/// The OpenAPI paths of this service's REST routes, with the answers every route shares.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = <rest::Docs as utoipa::OpenApi>::openapi();
+    doc.merge(<rest_byok::Docs as utoipa::OpenApi>::openapi());
+    keyhouse_server::docs::with_shared_answers(
+        doc,
+        SERVICE_NAME,
+        &[rest::ROUTES, rest_byok::ROUTES].concat(),
+    )
 }
 
 #[tonic::async_trait]

@@ -225,7 +225,8 @@ impl From<pb::ApiKey> for ApiKeyJson {
 
 /// Create an API key; the response holds the full key, once.
 #[utoipa::path(post, path = "/api/v1/account/uc-api-keys", tag = "user-keys", request_body = CreateKeyBody,
-    responses((status = 201, description = "Created: the only time the full key is shown", body = IssuedKeyJson), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 403, description = "Called with a `uc_` key: the new key would exceed it, or the key lacks `keys:manage`", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody), (status = 429, description = "Over the active-keys or creates-per-minute limit, named in `detail`", body = ErrorBody)))]
+    responses((status = 201, description = "Created: the only time the full key is shown", body = IssuedKeyJson), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody),
+              (status = 429, description = "Over a limit on keys (the message names it)", body = ErrorBody)))]
 async fn create_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -250,8 +251,7 @@ async fn create_key(
     params(("status" = Option<String>, Query, description = "active, expired or revoked"),
            ("page_size" = Option<i32>, Query, description = "1-500, default 50"),
            ("page_token" = Option<String>, Query, description = "from X-Next-Page-Token")),
-    responses((status = 200, description = "OK", body = Vec<ApiKeyJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))),
-              (status = 401, description = "Not authenticated or invalid session", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<ApiKeyJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn list_keys(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -310,7 +310,7 @@ async fn revoke_key(
 /// Replace a key's secret; the old one stops working at once.
 #[utoipa::path(post, path = "/api/v1/account/uc-api-keys/{key_id}/regenerate", tag = "user-keys", params(("key_id" = String, Path)),
     request_body(content = Option<RegenerateKeyBody>, description = "optional"),
-    responses((status = 200, description = "OK", body = IssuedKeyJson), (status = 403, description = "Called with a `uc_` key: the regenerated key would exceed it", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+    responses((status = 200, description = "OK", body = IssuedKeyJson), (status = 400, description = "Invalid key_id format", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict with the current state", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody), (status = 429, description = "Regenerating an expired key would pass the active-keys limit", body = ErrorBody)))]
 async fn regenerate_key(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -333,7 +333,7 @@ async fn regenerate_key(
 #[utoipa::path(get, path = "/api/v1/account/uc-api-keys/{key_id}/usage", tag = "user-keys",
     params(("key_id" = String, Path), ("from" = Option<String>, Query, description = "RFC 3339; default 30 days before `to`"),
            ("to" = Option<String>, Query, description = "RFC 3339; default now")),
-    responses((status = 200, description = "OK", body = UsageJson), (status = 404, description = "Not found", body = ErrorBody),
+    responses((status = 200, description = "OK", body = UsageJson), (status = 400, description = "Invalid key_id format", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
               (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
 async fn key_usage(
     State(svc): State<UserKeyGrpc>,

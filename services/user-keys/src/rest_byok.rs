@@ -116,7 +116,7 @@ pub struct ProviderKeyDeletedJson {
 
 /// The providers, each marked `configured` for the caller.
 #[utoipa::path(get, path = "/api/v1/byok/providers", tag = "byok", operation_id = "byok_list_providers",
-    responses((status = 200, description = "OK", body = Vec<ProviderJson>), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<ProviderJson>)))]
 async fn providers(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,
@@ -141,7 +141,7 @@ async fn providers(
 
 /// The caller's provider keys, masked.
 #[utoipa::path(get, path = "/api/v1/byok/keys", tag = "byok", operation_id = "byok_list_keys",
-    responses((status = 200, description = "OK", body = Vec<ProviderKeyJson>), (status = 401, description = "Not authenticated or invalid session", body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Vec<ProviderKeyJson>)))]
 async fn keys(
     State(svc): State<UserKeyGrpc>,
     headers: HeaderMap,

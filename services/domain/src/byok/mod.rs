@@ -225,6 +225,13 @@ impl Byok {
         if user_id.is_empty() {
             return Err(Error::invalid("user_id", "user_id is required"));
         }
+        // No user id holds one, and PostgreSQL refuses a NUL outright.
+        if user_id.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "user_id",
+                "user_id must not contain control characters",
+            ));
+        }
         let row = store::find(&self.db, user_id, provider.id)
             .await?
             .ok_or_else(|| no_key(provider))?;

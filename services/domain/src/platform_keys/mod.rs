@@ -252,10 +252,10 @@ impl PlatformKeys {
         caller.require_admin()?;
         let spec = spec(&req.name)?;
         let reason = req.reason.trim();
-        if reason.chars().count() > MAX_REASON_LEN {
+        if reason.chars().count() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
             return Err(Error::invalid(
                 "reason",
-                format!("reason must be at most {MAX_REASON_LEN} characters"),
+                format!("reason must be at most {MAX_REASON_LEN} printable characters"),
             ));
         }
         let current = self.current(spec).await?;

@@ -51,6 +51,15 @@ pub async fn list(
     limit: u64,
 ) -> Result<Vec<audit_events::Model>> {
     use audit_events::Column;
+    // PostgreSQL refuses a NUL in a text parameter, so no stored value holds one: such a filter
+    // matches nothing, on either database, and must not reach PostgreSQL as a failed query.
+    let texts = [&filter.actor, &filter.action, &filter.target];
+    if texts
+        .iter()
+        .any(|t| t.as_deref().is_some_and(|t| t.contains('\0')))
+    {
+        return Ok(Vec::new());
+    }
     let mut query = audit_events::Entity::find();
     if let Some(actor) = &filter.actor {
         query = query.filter(Column::Actor.eq(actor.as_str()));

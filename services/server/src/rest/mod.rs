@@ -59,10 +59,11 @@ pub fn rfc3339_opt(t: Option<&prost_types::Timestamp>) -> Option<String> {
     t.map(rfc3339)
 }
 
-/// A query parameter as an integer, or a 422 naming it.
+/// A query parameter as an integer (0 when absent), or a 422 naming it. Present but empty is
+/// not an integer either: the document promises one.
 pub fn query_int(value: Option<&String>, name: &'static str) -> Result<i32, RestError> {
     match value.map(|v| v.trim()) {
-        None | Some("") => Ok(0),
+        None => Ok(0),
         Some(v) => v.parse().map_err(|_| {
             RestError::validation(
                 "query",
