@@ -72,6 +72,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("bcrypt cost below 4", {"config": {"bcryptCost": 3}}),
     ("privileged container port", {"containerPort": 80}),
     ("CORS origin with a path", {"config": {"corsOrigins": ["https://ops.example.com/app"]}}),
+    ("outbound allowed network that is not a CIDR", {"config": {"outboundAllowedNetworks": ["internal.example.com"]}}),
     ("DATABASE_URL that is not PostgreSQL", {"secret": {"databaseUrl": "mysql://u:p@db/keyhouse"}}),
     ("malformed Fernet key", {"secret": {"encryptionKeys": "not-a-fernet-key"}}),
     ("ingress host that is not a DNS name", {"ingress": {"hosts": ["Keyhouse_Example.com"]}}),

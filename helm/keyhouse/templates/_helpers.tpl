@@ -184,6 +184,10 @@ true
 - name: KEYHOUSE_SCOPES
   value: {{ join "," . | quote }}
 {{- end }}
+{{- with $v.config.outboundAllowedNetworks }}
+- name: KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- with $v.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
