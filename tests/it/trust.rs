@@ -155,6 +155,20 @@ async fn a_key_cannot_mint_or_regenerate_a_stronger_key(backend: Backend) {
             .valid
     );
 
+    // Where only sessions are taken, a key is told so.
+    let err = server
+        .platform_client(Some(&narrow.api_key))
+        .await
+        .list_platform_keys(pb::ListPlatformKeysRequest {})
+        .await
+        .expect_err("no key on an admin path");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("API key is not accepted"),
+        "{}",
+        err.message()
+    );
+
     // Within its bounds, the key may make a key, and the audit trail names it.
     let made = as_key
         .create_key(pb::CreateKeyRequest {

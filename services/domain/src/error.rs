@@ -82,6 +82,8 @@ impl From<sea_orm::TransactionError<Error>> for Error {
 pub enum AuthFailure {
     NoToken,
     InvalidSession,
+    /// A `uc_` key where the call takes only a session.
+    ApiKeyNotAccepted,
 }
 
 impl fmt::Display for AuthFailure {
@@ -89,6 +91,9 @@ impl fmt::Display for AuthFailure {
         f.write_str(match self {
             AuthFailure::NoToken => "not authenticated: no session token",
             AuthFailure::InvalidSession => "invalid or expired session",
+            AuthFailure::ApiKeyNotAccepted => {
+                "an API key is not accepted on this call: sign in with a session"
+            }
         })
     }
 }

@@ -144,6 +144,11 @@ impl Authenticator {
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
         let token = auth::session_token(text("authorization"), text("cookie"))
             .ok_or_else(|| status(Error::Unauthenticated(AuthFailure::NoToken)))?;
+        if token.starts_with(api_key::PREFIX) {
+            return Err(status(Error::Unauthenticated(
+                AuthFailure::ApiKeyNotAccepted,
+            )));
+        }
         let digest = session_token::digest(token);
         let now = chrono::Utc::now();
         let principal = match self.sessions.get(&digest, now) {

@@ -250,7 +250,12 @@ impl Byok {
         Ok(pb::GetProviderKeyForUserResponse {
             provider: provider.id.into(),
             api_key: key.to_string(),
-            endpoint: row.endpoint.unwrap_or_default(),
+            // A row stored before endpoints were limited to the providers that take one may
+            // still hold one: the gateway is not handed it.
+            endpoint: row
+                .endpoint
+                .filter(|_| provider.requires_endpoint)
+                .unwrap_or_default(),
         })
     }
 }

@@ -12,7 +12,7 @@ pub mod cache;
 mod rate_limit;
 mod usage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -107,6 +107,8 @@ struct Inner {
     resynced: AtomicU64,
     epoch: Instant,
     inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
+    /// Untagged keys being checked by bcrypt now: one at a time each (see `load`).
+    untagged: Mutex<HashSet<Uuid>>,
     limiter: RateLimiter,
     usage: UsageRecorder,
     bcrypt_runs: AtomicU64,
@@ -150,6 +152,7 @@ impl Verifier {
             resynced: AtomicU64::new(0),
             epoch: Instant::now(),
             inflight: Mutex::new(HashMap::new()),
+            untagged: Mutex::new(HashSet::new()),
             limiter: RateLimiter::new(settings.redis_url.as_deref()).await?,
             usage: UsageRecorder::default(),
             bcrypt_runs: AtomicU64::new(0),
@@ -347,8 +350,14 @@ impl Verifier {
                     Some(answer) => Ok(answer),
                     None => self.fetch(key, digest, stale.as_deref()).await,
                 };
-                if let Err(e) = &outcome {
-                    tracing::error!(error = ?e, "key lookup failed");
+                match &outcome {
+                    // Busy, or the database is down (already logged): a flood must not flood
+                    // the log as well.
+                    Err(e) if matches!(**e, Error::Unavailable(_)) => {
+                        tracing::debug!(error = %e, "key lookup unavailable");
+                    }
+                    Err(e) => tracing::error!(error = ?e, "key lookup failed"),
+                    Ok(_) => {}
                 }
                 outcome
             })
@@ -413,6 +422,13 @@ impl Verifier {
             if check == TagCheck::Differs {
                 continue;
             }
+            // Without a tag only bcrypt can tell a forged key from the real one. Forged keys all
+            // differ, so single flight does not join them: one bcrypt at a time per such key
+            // keeps a flood on its prefix to one core, and the rest are told to try again.
+            let _checking = match check {
+                TagCheck::Unknown => Some(Checking::start(&self.inner.untagged, row.id)?),
+                _ => None,
+            };
             self.inner.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
             if !key.verify(&row.key_hash).await? {
                 continue;
@@ -620,6 +636,35 @@ fn verdict(reason: Reason, info: Option<&KeyInfo>) -> pb::VerifyKeyResponse {
         });
     }
     response
+}
+
+/// An untagged key's bcrypt check in progress; ends when dropped.
+struct Checking<'a> {
+    set: &'a Mutex<HashSet<Uuid>>,
+    id: Uuid,
+}
+
+impl<'a> Checking<'a> {
+    fn start(set: &'a Mutex<HashSet<Uuid>>, id: Uuid) -> Result<Self> {
+        let mut checking = set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !checking.insert(id) {
+            return Err(Error::Unavailable(
+                "too many key checks in progress; try again shortly".into(),
+            ));
+        }
+        Ok(Self { set, id })
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 /// Takes a finished (or abandoned) lookup's cell out of the in-flight map, if it is still there.

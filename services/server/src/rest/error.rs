@@ -121,6 +121,10 @@ impl RestError {
                 StatusCode::UNAUTHORIZED,
                 "Not authenticated - no session token",
             ),
+            Error::Unauthenticated(AuthFailure::ApiKeyNotAccepted) => Self::detail(
+                StatusCode::UNAUTHORIZED,
+                "API keys are not accepted here - please login",
+            ),
             Error::Unauthenticated(AuthFailure::InvalidSession) => Self::detail(
                 StatusCode::UNAUTHORIZED,
                 "Invalid session - please login again",
