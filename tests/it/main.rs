@@ -24,6 +24,7 @@ mod rest_user_keys;
 mod schemathesis;
 mod server;
 mod sessions;
+mod soak;
 mod stub;
 mod traces;
 mod trust;

@@ -264,21 +264,28 @@ fn forgeries(real: &str, n: usize) -> Vec<String> {
 
 /// `keyhouse serve` in a process of its own, so that the bcrypt count in its metrics is its own
 /// work only, whatever other tests run meanwhile.
-struct OwnProcess {
-    db: TestDb,
-    keyhouse: Keyhouse,
-    child: Option<std::process::Child>,
-    addr: String,
+pub(crate) struct OwnProcess {
+    pub db: TestDb,
+    pub keyhouse: Keyhouse,
+    pub child: Option<std::process::Child>,
+    pub addr: String,
 }
 
 impl OwnProcess {
-    async fn start(backend: Backend) -> Self {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Self {
         let db = TestDb::new(backend).await;
         // SQLite makes its own key file; PostgreSQL needs the ring set.
-        let keyhouse = Keyhouse::on(crate::support::TempDir::new(), db.url.clone()).env(
+        let mut keyhouse = Keyhouse::on(crate::support::TempDir::new(), db.url.clone()).env(
             "KEYHOUSE_ENCRYPTION_KEYS",
             &keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key(),
         );
+        for (name, value) in env {
+            keyhouse = keyhouse.env(name, value);
+        }
         let (child, addr) = keyhouse.serve().await;
         Self {
             db,
@@ -289,7 +296,7 @@ impl OwnProcess {
     }
 
     /// Stops and starts the process again: nothing is cached any more.
-    async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         if let Some(child) = self.child.take() {
             binary::stop(child).await;
         }
@@ -298,7 +305,7 @@ impl OwnProcess {
         self.addr = addr;
     }
 
-    async fn client(
+    pub async fn client(
         &self,
         token: &str,
     ) -> UserKeyServiceClient<
@@ -313,11 +320,11 @@ impl OwnProcess {
         )
     }
 
-    async fn gateway(&self) -> UserKeyServiceClient<tonic::transport::Channel> {
+    pub async fn gateway(&self) -> UserKeyServiceClient<tonic::transport::Channel> {
         UserKeyServiceClient::new(binary::channel(&self.addr).await)
     }
 
-    async fn bcrypt_verifications(&self) -> f64 {
+    pub async fn bcrypt_verifications(&self) -> f64 {
         let text = reqwest::get(format!("http://{}/metrics", self.addr))
             .await
             .expect("GET /metrics")
@@ -331,7 +338,7 @@ impl OwnProcess {
             .map_or(0.0, |n| n.parse().expect("a number"))
     }
 
-    async fn exec(&self, sql: &str) {
+    pub async fn exec(&self, sql: &str) {
         use sea_orm::ConnectionTrait;
         self.db
             .connect()

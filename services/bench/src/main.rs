@@ -1,6 +1,6 @@
 //! keyhouse-bench: the verification path's numbers (1-8), the REST paths (9), listing at
-//! scale (10) and a flood of forged keys (11), measured in one run so that ratios hold on a noisy
-//! machine.
+//! scale (10), a flood of forged keys (11) and a soak (12), measured in one run so that ratios
+//! hold on a noisy machine.
 //! `cargo run --release -p keyhouse-bench` prints a Markdown report; the results and the command
 //! are kept in BENCHMARKS.md.
 
@@ -13,6 +13,7 @@ mod rest;
 mod scale;
 mod scenarios;
 mod setup;
+mod soak;
 mod traces;
 
 use clap::Parser;
@@ -48,7 +49,10 @@ pub struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres_url: String,
-    /// Only these benchmarks (1-11); all when empty.
+    /// How long the soak (12) runs, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub soak_seconds: u64,
+    /// Only these benchmarks (1-12); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
 }
@@ -95,6 +99,9 @@ fn main() -> anyhow::Result<()> {
             }
             if args.wanted(11) {
                 flood::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(12) {
+                soak::run(&args, server_rt.handle()).await?;
             }
             Ok(())
         };
