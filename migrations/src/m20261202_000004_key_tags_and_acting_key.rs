@@ -1,5 +1,7 @@
 //! A keyed tag of each user key's secret, checked before bcrypt so that a forged key costs no
-//! bcrypt; and the key that acted, on audit events made by a call authenticated with a key.
+//! bcrypt; the key that acted, on audit events made by a call authenticated with a key; and an
+//! index that lets the active-keys limit count only a user's active keys (at most the limit),
+//! not every key they ever revoked.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -27,10 +29,27 @@ impl MigrationTrait for Migration {
                 .add_column(uuid_null(AuditEvents::ViaKeyId))
                 .to_owned(),
         )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name(ACTIVE_INDEX)
+                .table(UserApiKeys::Table)
+                .col(UserApiKeys::UserId)
+                .col(UserApiKeys::IsActive)
+                .col(UserApiKeys::ExpiresAt)
+                .to_owned(),
+        )
         .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(
+            Index::drop()
+                .name(ACTIVE_INDEX)
+                .table(UserApiKeys::Table)
+                .to_owned(),
+        )
+        .await?;
         m.alter_table(
             Table::alter()
                 .table(AuditEvents::Table)
@@ -48,10 +67,15 @@ impl MigrationTrait for Migration {
     }
 }
 
+const ACTIVE_INDEX: &str = "idx_user_api_keys_owner_active";
+
 #[derive(DeriveIden)]
 enum UserApiKeys {
     Table,
     KeyTag,
+    UserId,
+    IsActive,
+    ExpiresAt,
 }
 
 #[derive(DeriveIden)]
