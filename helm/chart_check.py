@@ -40,7 +40,8 @@ from kubernetes_validate import utils as kv_utils
 RELEASE = "keyhouse"
 NAMESPACE = "keyhouse"
 
-# Which REST and gRPC paths each service serves (the Ingress must route them there).
+# Which REST and gRPC paths each service serves (the Ingress must route them there); the admin
+# ones only with ingress.includeAdminPaths.
 EXPECTED_ROUTES = {
     "user-key-service": [
         "/api/v1/account/uc-api-keys",
@@ -48,24 +49,32 @@ EXPECTED_ROUTES = {
         "/api/v1/auth/validate-key",
         "/keyhouse.v1.UserKeyService/",
     ],
+    "platform-key-service": [],
+}
+ADMIN_ROUTES = {
+    "user-key-service": [],
     "platform-key-service": [
         "/api/v1/admin/platform-keys",
         "/api/v1/admin/audit-events",
         "/keyhouse.v1.PlatformKeyService/",
     ],
 }
+# Helm's default --timeout: a hook Job must give up before Helm does, with its own error.
+HELM_TIMEOUT_SECONDS = 300
 GRPC_SERVICE = {
     "user-key-service": "keyhouse.v1.UserKeyService",
     "platform-key-service": "keyhouse.v1.PlatformKeyService",
 }
 
-# Values the schema (or a template) must refuse. Each case is (description, values).
+# Values the schema (or a template) must refuse. Each case is (description, values); the field
+# made bad is the path to the one leaf of `values` that is not a default, or the `field` given
+# as a third element where a case sets several, and the refusal must name it.
 BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("replicas given as a string", {"userKeyService": {"replicaCount": "3"}}),
     ("unknown top-level key (typo of a real one)", {"replicaCount": 3}),
     ("NetworkPolicy that would block the ServiceMonitor's scrape (template check)",
      {"networkPolicy": {"enabled": True, "allowedFrom": [{"podSelector": {}}]},
-      "serviceMonitor": {"enabled": True}}),
+      "serviceMonitor": {"enabled": True}}, "networkPolicy.prometheusFrom"),
     ("unknown nested key", {"platformKeyService": {"replicas": 2}}),
     ("image.pullPolicy not Always/IfNotPresent/Never", {"image": {"pullPolicy": "Sometimes"}}),
     ("log format other than json/pretty", {"config": {"logFormat": "text"}}),
@@ -79,14 +88,39 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("ServiceMonitor interval that is not a duration", {"serviceMonitor": {"interval": "30 seconds"}}),
     ("PDB minAvailable that is neither a number nor a percentage",
      {"userKeyService": {"podDisruptionBudget": {"minAvailable": "half"}}}),
-    ("env var value that is not a string", {"extraEnv": [{"name": "FOO", "value": 1}]}),
+    ("env var value that is not a string", {"extraEnv": [{"name": "FOO", "value": 1}]}, "extraEnv.0.value"),
     ("HPA minReplicas above maxReplicas (template check)",
-     {"userKeyService": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}}),
+     {"userKeyService": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+     "userKeyService.autoscaling.minReplicas"),
     ("existingSecret together with an inline DATABASE_URL (template check)",
-     {"secret": {"existingSecret": "keyhouse-secrets", "databaseUrl": "postgres://u:p@db:5432/keyhouse"}}),
+     {"secret": {"existingSecret": "keyhouse-secrets", "databaseUrl": "postgres://u:p@db:5432/keyhouse"}},
+     "secret.databaseUrl"),
     ("grace period shorter than the preStop sleep (template check)",
-     {"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 10}),
+     {"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 10}, "terminationGracePeriodSeconds"),
+    ("native gRPC Ingress without TLS (template check)",
+     {"ingress": {"enabled": True, "includeAdminPaths": True, "grpc": {"enabled": True}}}, "ingress.tls"),
+    ("rotation Job without a database or keys (template check)", {"rotation": {"enabled": True}}),
 ]
+
+
+def leaf_path(values: Any) -> list[str]:
+    """The path to the one leaf of a bad-values case; a case with several names its field."""
+    path: list[str] = []
+    while isinstance(values, (dict, list)):
+        items = list(values.items()) if isinstance(values, dict) else list(enumerate(values))
+        if len(items) != 1:
+            raise ValueError(f"several fields at {'.'.join(path) or 'the top'}: name the bad one")
+        key, values = items[0]
+        path.append(str(key))
+    return path
+
+
+def names_field(message: str, path: list[str]) -> bool:
+    """Whether a refusal names the field: as a.b.c, as the schema's /a/b/c, or as the schema's
+    "at '/a/b': additional properties 'c'" for an unknown key."""
+    parent = "/" + "/".join(path[:-1]) if len(path) > 1 else ""
+    return (".".join(path) in message or "/" + "/".join(path) in message
+            or (f"'{path[-1]}'" in message and f"at '{parent}'" in message))
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -375,6 +409,11 @@ def wiring_problems(docs: list[dict], values: dict) -> list[str]:
                 p.append(f"ServiceMonitor: endpoint {ep} is not grpc:/metrics")
 
     for ing in by_kind.get("Ingress", []):
+        grpc_only = ing["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPC"
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                if grpc_only and not path["path"].startswith("/keyhouse.v1."):
+                    p.append(f"Ingress {ing['metadata']['name']}: native gRPC Ingress routes {path['path']}")
         svc_component = {n: s["metadata"]["labels"]["app.kubernetes.io/component"] for n, s in services.items()}
         routed: dict[str, set[str]] = {}
         for rule in ing["spec"]["rules"]:
@@ -388,11 +427,60 @@ def wiring_problems(docs: list[dict], values: dict) -> list[str]:
                 routed.setdefault(svc_component[backend["name"]], set()).add(path["path"])
         for component in enabled:
             expected = set(EXPECTED_ROUTES[component])
+            if values["ingress"]["includeAdminPaths"]:
+                expected |= set(ADMIN_ROUTES[component])
+            if grpc_only:
+                expected = {e for e in expected if e.startswith("/keyhouse.v1.")}
             got = routed.get(component, set())
             if got != expected:
                 p.append(f"Ingress: {component} gets {sorted(got)}, expected {sorted(expected)}")
 
-    jobs = by_kind.get("Job", [])
+    def component_of(d: dict) -> str:
+        return d["metadata"]["labels"].get("app.kubernetes.io/component", "")
+
+    all_jobs = by_kind.get("Job", [])
+    jobs = [j for j in all_jobs if component_of(j) == "migrate"]
+    for job in all_jobs:
+        spec = job["spec"]
+        name = job["metadata"]["name"]
+        if "activeDeadlineSeconds" not in spec:
+            p.append(f"Job {name}: no activeDeadlineSeconds")
+        if spec["template"]["metadata"].get("annotations", {}).get("sidecar.istio.io/inject") != "false":
+            p.append(f"Job {name}: does not opt out of sidecar injection")
+    guards = [j for j in all_jobs if component_of(j) == "rollback-guard"]
+    if values["rollbackGuard"]["enabled"]:
+        for job in guards:
+            c = job["spec"]["template"]["spec"]["containers"][0]
+            script = " ".join(c.get("args", []))
+            if job["metadata"]["annotations"].get("helm.sh/hook") != "pre-rollback" \
+                    or "exit 1" not in script or "roll forward" not in script:
+                p.append(f"Job {job['metadata']['name']}: not a pre-rollback hook refusing with the reason")
+        if len(guards) != 1:
+            p.append(f"{len(guards)} rollback guard Jobs rendered, expected 1")
+    elif guards:
+        p.append("a rollback guard Job is rendered although rollbackGuard.enabled is false")
+    rotations = [j for j in all_jobs if component_of(j) == "rotate"]
+    if values["rotation"]["enabled"]:
+        for job in rotations:
+            c = job["spec"]["template"]["spec"]["containers"][0]
+            env = {e["name"] for e in c.get("env", [])}
+            if job["metadata"]["annotations"].get("helm.sh/hook") != "post-upgrade" \
+                    or c.get("command", []) + c.get("args", [])[:2] != ["/usr/local/bin/keyhouse", "encryption", "rotate"] \
+                    or not {"DATABASE_URL", "KEYHOUSE_ENCRYPTION_KEYS"} <= env:
+                p.append(f"Job {job['metadata']['name']}: not a post-upgrade `keyhouse encryption rotate` with the Secret")
+        if len(rotations) != 1:
+            p.append(f"{len(rotations)} rotation Jobs rendered, expected 1")
+    elif rotations:
+        p.append("a rotation Job is rendered although rotation.enabled is false")
+
+    checksum = values["secret"].get("checksum")
+    for dep in deployments.values():
+        ann = dep["spec"]["template"]["metadata"].get("annotations", {})
+        if checksum and ann.get("checksum/existing-secret") != checksum:
+            p.append(f"Deployment {dep['metadata']['name']}: secret.checksum is not a pod annotation")
+        if not values["secret"]["existingSecret"] and "checksum/secret" not in ann:
+            p.append(f"Deployment {dep['metadata']['name']}: no checksum/secret of the chart's Secret")
+
     if values["migration"]["enabled"]:
         if len(jobs) != 1:
             p.append(f"{len(jobs)} migration Jobs rendered, expected 1")
@@ -495,6 +583,12 @@ def main() -> int:
         scenarios.append((f"ci/{f.name}", yaml.safe_load(f.read_text()) or {}))
     scenarios.append(("README's values-prod.yaml", readme_values(chart_dir.parent.parent)))
 
+    # A hook Job that outlives Helm's wait fails with Helm's timeout instead of its own error.
+    slow = {k: defaults[k]["activeDeadlineSeconds"] for k in ("migration", "rotation")
+            if defaults[k]["activeDeadlineSeconds"] >= HELM_TIMEOUT_SECONDS}
+    report.add("default Job deadlines below Helm's timeout", not slow,
+               f"under {HELM_TIMEOUT_SECONDS} s" + (f"; not: {slow}" if slow else ""))
+
     # 1. helm lint --strict
     section("helm lint --strict")
     for label, values in scenarios:
@@ -559,7 +653,7 @@ def main() -> int:
 
         if label.endswith("production-values.yaml"):
             want = {"Deployment": 2, "Service": 2, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2,
-                    "NetworkPolicy": 2, "Ingress": 1, "ServiceMonitor": 1, "Job": 1, "ServiceAccount": 1}
+                    "NetworkPolicy": 2, "Ingress": 1, "ServiceMonitor": 1, "Job": 2, "ServiceAccount": 1}
             missing = {k: n for k, n in want.items() if kinds.get(k, 0) != n}
             if kinds.get("Secret"):
                 missing["Secret (must come from existingSecret)"] = 0
@@ -579,19 +673,30 @@ def main() -> int:
     # 6. bad values must be refused
     section("values.schema.json rejects bad values (each render must fail)")
     accepted = []
-    for desc, values in BAD_VALUES:
+    unnamed = []
+    for desc, values, *field in BAD_VALUES:
+        path = field[0].split(".") if field else leaf_path(values)
         try:
             render(chart_dir, values)
         except helm.HelmValuesError as e:
             first = " ".join(line.strip() for line in str(e).splitlines() if line.strip().startswith("- at"))
             print(f"    rejected by schema:   {desc}: {first or str(e).splitlines()[0]}")
+            if not names_field(str(e), path):
+                print(f"      DOES NOT NAME {'.'.join(path)}: {e}")
+                unnamed.append(desc)
             continue
         except helm.HelmError as e:
             msg = str(e).strip().splitlines()[-1]
             print(f"    rejected by template: {desc}: {msg}")
+            if not names_field(str(e), path):
+                print(f"      DOES NOT NAME {'.'.join(path)}")
+                unnamed.append(desc)
             continue
         print(f"    ACCEPTED: {desc}: {json.dumps(values)}")
         accepted.append(desc)
+    report.add("each refusal names the bad field", not unnamed,
+               f"{len(BAD_VALUES) - len(unnamed)} of {len(BAD_VALUES)}"
+               + (f"; not named: {unnamed}" if unnamed else ""))
     report.add("bad values rejected", not accepted,
                f"{len(BAD_VALUES) - len(accepted)} of {len(BAD_VALUES)} rejected"
                + (f"; accepted: {accepted}" if accepted else ""))

@@ -165,13 +165,20 @@ fn every_rpc_has_a_rest_route_or_says_why_not_and_every_route_is_documented() {
     }
 }
 
-/// The Ingress paths the chart routes to each service, from its default values.
-fn ingress_paths(values: &str, key: &str) -> Vec<String> {
+/// The Ingress paths the chart lists for a service under `ingress.<section>` in its default values
+/// (`paths`, routed by default, or `adminPaths`, routed only with `ingress.includeAdminPaths`).
+fn ingress_paths(values: &str, section: &str, key: &str) -> Vec<String> {
     let mut paths = Vec::new();
+    let mut in_section = false;
     let mut inside = false;
     for line in values.lines() {
         let trimmed = line.trim();
-        if trimmed == format!("{key}:") && line.starts_with("    ") {
+        if line.starts_with("  ") && !line.starts_with("   ") && !trimmed.starts_with('#') {
+            in_section = trimmed == format!("{section}:");
+            inside = false;
+            continue;
+        }
+        if in_section && line.starts_with("    ") && trimmed.starts_with(&format!("{key}:")) {
             inside = true;
             continue;
         }
@@ -179,7 +186,7 @@ fn ingress_paths(values: &str, key: &str) -> Vec<String> {
             match trimmed.strip_prefix("- ") {
                 Some(path) => paths.push(path.trim().to_owned()),
                 None if trimmed.starts_with('#') => {}
-                None => break,
+                None => inside = false,
             }
         }
     }
@@ -203,19 +210,31 @@ fn the_helm_ingress_routes_every_rpc_to_its_service() {
             keyhouse_platform_keys::SERVICE_NAME => "platformKeyService",
             other => panic!("{other} has no deployment in the chart"),
         };
-        let paths = ingress_paths(&values, key);
-        assert!(!paths.is_empty(), "ingress.paths.{key} was found");
+        let public = ingress_paths(&values, "paths", key);
+        let mut paths = public.clone();
+        paths.extend(ingress_paths(&values, "adminPaths", key));
         let grpc = format!("/{service}/{method}");
         assert!(
             covered(&paths, &grpc),
-            "{grpc} is not routed by ingress.paths.{key}"
+            "{grpc} is not routed by ingress.paths.{key} or ingress.adminPaths.{key}"
+        );
+        let admin_only = service == keyhouse_platform_keys::SERVICE_NAME;
+        assert_eq!(
+            covered(&public, &grpc),
+            !admin_only,
+            "{grpc}: admin RPCs are routed only with ingress.includeAdminPaths"
         );
         for (_, _, path) in rest_of(&service).0.iter().filter(|r| r.0 == method) {
             assert!(
                 covered(&paths, path),
-                "{service}/{method}: {path} is not routed by ingress.paths.{key} in helm/keyhouse/values.yaml"
+                "{service}/{method}: {path} is not routed by ingress.paths.{key} or ingress.adminPaths.{key} in helm/keyhouse/values.yaml"
+            );
+            assert!(
+                !(path.starts_with("/api/v1/admin/") && covered(&public, path)),
+                "{path} is an admin path but ingress.paths.{key} routes it by default"
             );
         }
     }
+    assert!(!ingress_paths(&values, "paths", "userKeyService").is_empty());
     assert!(!covered(&["/api/v1/byok".into()], "/api/v1/byokx"));
 }

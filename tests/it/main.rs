@@ -6,6 +6,7 @@ mod support;
 mod architecture;
 mod auth;
 mod authorization_matrix;
+mod backup;
 mod binary;
 mod byok;
 mod docs_and_web;

@@ -4,7 +4,7 @@ use keyhouse_domain::config::{DEFAULT_DATABASE_URL, SessionPolicy};
 use keyhouse_domain::crypto::fernet_ring::KeyRing;
 use keyhouse_domain::{db, duration, rotation, storage};
 use keyhouse_server::bootstrap::{self, Deployment};
-use keyhouse_server::{ServerSettings, key_file, telemetry};
+use keyhouse_server::{ServerSettings, backup, key_file, telemetry};
 use zeroize::Zeroizing;
 
 /// keyhouse: API keys for an LLM gateway. `keyhouse serve` runs everything on one port.
@@ -44,6 +44,24 @@ enum Operator {
     /// Manage the encryption of stored secrets.
     #[command(subcommand)]
     Encryption(EncryptionCommand),
+    /// Copy the SQLite database (consistent while the server writes) and its key file into the
+    /// directory PATH as keyhouse.db and keyhouse.db.key. Never overwrites a file. PostgreSQL is
+    /// backed up with pg_dump (README).
+    Backup {
+        path: std::path::PathBuf,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
+    /// Put a backup directory written by `keyhouse backup` in place of DATABASE_URL's SQLite
+    /// database and key file (mode 0600). Stop the server first.
+    Restore {
+        path: std::path::PathBuf,
+        /// Replace an existing database and key file.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,6 +248,25 @@ async fn run(command: Operator) -> anyhow::Result<()> {
             println!("svc_{}", &token[3..]);
             Ok(())
         }
+        Operator::Backup { path, database_url } => {
+            // Before connecting: PostgreSQL is pointed to pg_dump, and `mode=rwc` would back up a
+            // new empty database in place of a missing one.
+            let file = backup::database_file(&database_url)?;
+            anyhow::ensure!(file.exists(), "there is no database at {}", file.display());
+            let db = db::connect(&database_url).await?;
+            let written = backup::backup(&db, &database_url, &path).await?;
+            report("backup written", &written);
+            Ok(())
+        }
+        Operator::Restore {
+            path,
+            force,
+            database_url,
+        } => {
+            let written = backup::restore(&database_url, &path, force)?;
+            report("restored", &written);
+            Ok(())
+        }
         Operator::Openapi => {
             println!("{}", keyhouse::openapi_document().to_pretty_json()?);
             Ok(())
@@ -268,5 +305,20 @@ async fn run(command: Operator) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn report(what: &str, written: &backup::Written) {
+    match &written.key_file {
+        Some(key) => eprintln!(
+            "{what}: {} and its key file {}",
+            written.database.display(),
+            key.display()
+        ),
+        None => eprintln!(
+            "{what}: {}; there is no key file: keep KEYHOUSE_ENCRYPTION_KEYS with it, \
+             without it the stored secrets cannot be decrypted",
+            written.database.display()
+        ),
     }
 }

@@ -4,6 +4,7 @@
 //! themselves through `bootstrap::Mount`. See ARCHITECTURE.md.
 
 pub mod auth;
+pub mod backup;
 pub mod bootstrap;
 pub mod docs;
 pub mod grpc;
