@@ -147,22 +147,43 @@ impl Keyhouse {
     }
 }
 
-/// SIGTERM, as Kubernetes sends it; asserts a clean exit.
+/// SIGTERM, as Kubernetes sends it; asserts a clean exit within the grace period.
 pub async fn stop(child: Child) {
+    terminate(&child);
+    let status = exit_status(child).await;
+    assert!(
+        status.success(),
+        "keyhouse serve exits 0 on SIGTERM, got {status}"
+    );
+}
+
+/// Sends SIGTERM without waiting.
+pub fn terminate(child: &Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    let mut child = child;
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert!(
-        status.success(),
-        "keyhouse serve exits 0 on SIGTERM, got {status}"
-    );
+}
+
+/// Kubernetes' default grace period: a process still running after it is killed.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Waits for the process to end; fails (and kills it) if it is still running after the grace
+/// period, as Kubernetes would.
+pub async fn exit_status(mut child: Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + GRACE_PERIOD;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keyhouse serve still ran {GRACE_PERIOD:?} after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn channel(addr: &str) -> tonic::transport::Channel {

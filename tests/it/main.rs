@@ -13,6 +13,7 @@ mod docs_and_web;
 mod embedded;
 mod fail_closed;
 mod helm;
+mod lifecycle;
 mod logs;
 mod metrics;
 mod outbound;

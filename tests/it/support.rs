@@ -103,7 +103,8 @@ impl Drop for TestDb {
     }
 }
 
-fn postgres_url() -> String {
+/// The PostgreSQL server's own database, where the test databases are made.
+pub fn postgres_url() -> String {
     std::env::var("KEYHOUSE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::error::Result;
 
@@ -46,6 +46,9 @@ impl Change {
 pub struct ChangeFeed {
     tx: broadcast::Sender<Change>,
     backend: DbBackend,
+    /// True once the server shuts down: long-lived subscribers (watch streams) end then, so
+    /// that they do not hold the drain open.
+    closing: Arc<watch::Sender<bool>>,
     _listener: Option<Arc<AbortOnDrop>>,
 }
 
@@ -76,12 +79,25 @@ impl ChangeFeed {
         Ok(Self {
             tx,
             backend,
+            closing: Arc::new(watch::channel(false).0),
             _listener: listener,
         })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.tx.subscribe()
+    }
+
+    /// Called when the server starts shutting down: `closed` resolves for every subscriber.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once `close` was called (at once if it already was).
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = closing.wait_for(|closed| *closed).await;
     }
 
     /// Commits `txn` and announces `changes` to every replica.

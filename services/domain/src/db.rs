@@ -5,8 +5,8 @@ use std::time::Duration;
 use keyhouse_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use crate::error::{Error, Result};
@@ -47,7 +47,40 @@ pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
         .await?)
 }
 
+/// Applies pending migrations; returns how many this call applied. On PostgreSQL the work runs
+/// under an advisory lock, so replicas that start together (or a migration Job beside them) take
+/// turns: the first applies, the others then find nothing pending.
 pub async fn migrate(db: &DatabaseConnection) -> Result<usize> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return migrate_unlocked(db).await;
+    }
+    // A session lock lives on one connection, so it is taken on a connection of its own, out of
+    // the pool: if this call is dropped half-way the connection closes and the lock goes with it.
+    let mut lock = db
+        .get_postgres_connection_pool()
+        .acquire()
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot lock the schema for migrating: {e}")))?
+        .detach();
+    sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut lock)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot lock the schema for migrating: {e}")))?;
+    let applied = migrate_unlocked(db).await;
+    // Closing the connection releases the lock even if the unlock itself fails.
+    let _ = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut lock)
+        .await;
+    let _ = sea_orm::sqlx::Connection::close(lock).await;
+    applied
+}
+
+/// The advisory lock key every keyhouse migration takes on PostgreSQL ("keyhous" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006b_6579_686f_7573;
+
+async fn migrate_unlocked(db: &DatabaseConnection) -> Result<usize> {
     refuse_newer_schema(db).await?;
     let pending = Migrator::get_pending_migrations(db).await?.len();
     Migrator::up(db, None).await?;

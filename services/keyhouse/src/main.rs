@@ -137,12 +137,16 @@ enum SessionCommand {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match Cli::parse().command {
+        // The handlers are installed before anything else `serve` does, so that SIGTERM during
+        // start-up stops it cleanly. Operator commands keep the default: a signal ends them.
         Command::Serve(settings) => {
+            let shutdown = bootstrap::shutdown_signal();
             bootstrap::main(
                 "keyhouse",
                 settings,
                 Deployment::Embedded,
                 &keyhouse::SERVICES,
+                shutdown,
             )
             .await
         }

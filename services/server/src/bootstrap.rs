@@ -52,7 +52,9 @@ pub trait Mount: Sync {
 }
 
 /// Serves `mounts` until `shutdown` resolves, then drains in-flight calls and runs each
-/// service's shutdown work (usage counts are written before the process ends).
+/// service's shutdown work (usage counts are written before the process ends). A `shutdown`
+/// that resolves during start-up (connecting, migrating) stops it there, and `run` returns
+/// `Ok` without serving.
 pub async fn run(
     settings: ServerSettings,
     deployment: Deployment,
@@ -60,6 +62,41 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut shutdown = Box::pin(shutdown);
+    // Dropping the start-up mid-way is safe: every migration runs in a transaction.
+    let (ctx, mut services) = tokio::select! {
+        biased;
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested during start-up; exiting without serving");
+            return Ok(());
+        }
+        started = start(settings, deployment, mounts) => started?,
+    };
+    let _upkeep = AbortOnDrop(tokio::spawn(upkeep_sessions(
+        ctx.db.clone(),
+        ctx.settings.sessions.max_ttl,
+        Duration::from_secs(ctx.settings.session_purge_secs.max(1)),
+    )));
+    let after = std::mem::take(&mut services.on_shutdown);
+    let feed = ctx.feed.clone();
+    let shutdown = async move {
+        shutdown.await;
+        feed.close();
+    };
+    let served = router::serve(listener, services, &ctx.settings.cors_origins, shutdown).await;
+    for work in after {
+        work.await?;
+    }
+    served
+}
+
+/// Everything before serving: key ring, database (migrated or checked), change feed, and each
+/// service mounted on them.
+async fn start(
+    settings: ServerSettings,
+    deployment: Deployment,
+    mounts: &[&dyn Mount],
+) -> anyhow::Result<(Context, Services)> {
     settings.domain.keys.validate()?;
     // Secrets are encrypted with the ring: refuse to start without one, not at first use.
     let ring = match deployment {
@@ -91,17 +128,7 @@ pub async fn run(
     for mount in mounts {
         mount.mount(&ctx, &mut services).await?;
     }
-    let _upkeep = AbortOnDrop(tokio::spawn(upkeep_sessions(
-        ctx.db.clone(),
-        ctx.settings.sessions.max_ttl,
-        Duration::from_secs(ctx.settings.session_purge_secs.max(1)),
-    )));
-    let after = std::mem::take(&mut services.on_shutdown);
-    let served = router::serve(listener, services, &ctx.settings.cors_origins, shutdown).await;
-    for work in after {
-        work.await?;
-    }
-    served
+    Ok((ctx, services))
 }
 
 /// Deletes expired sessions and brings expiries beyond the session limit down to it, at start
@@ -142,18 +169,20 @@ impl Drop for AbortOnDrop {
 }
 
 /// A binary's whole `main`: logging and traces, the listener, `run`, and one clear line on
-/// failure with a non-zero exit.
+/// failure with a non-zero exit. `shutdown` is `shutdown_signal()`, taken by the binary before
+/// anything else so that a stop during start-up is heard too.
 pub async fn main(
     name: &'static str,
     settings: ServerSettings,
     deployment: Deployment,
     mounts: &[&dyn Mount],
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::process::ExitCode {
     exit_on_error(
         async {
             let _telemetry = telemetry::init(settings.log_format, name)?;
             let listener = bind(&settings).await?;
-            run(settings, deployment, mounts, listener, shutdown_signal()).await
+            run(settings, deployment, mounts, listener, shutdown).await
         }
         .await,
     )
@@ -182,30 +211,40 @@ pub fn exit_on_error(result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// Resolves on SIGINT (ctrl-c) or SIGTERM (what Kubernetes and systemd send).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGINT (ctrl-c) or SIGTERM (what Kubernetes and systemd send). The handlers are
+/// installed when this is called, not when it is first awaited: from then on the signals no
+/// longer end the process on the spot, they start a clean shutdown. Call it first in `main`.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            // Without a handler the default action stays, which also ends the process.
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = wait(int, "SIGINT") => tracing::info!("SIGINT received, shutting down"),
+                () = wait(term, "SIGTERM") => tracing::info!("SIGTERM received, shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for ctrl-c");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
-        () = term => tracing::info!("SIGTERM received, shutting down"),
+        tracing::info!("ctrl-c received, shutting down");
     }
 }

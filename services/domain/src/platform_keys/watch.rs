@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::PlatformKeys;
 use crate::caller::Caller;
 use crate::change_feed::Change;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::providers::{Provider, catalog};
 use crate::storage::audit;
 use crate::timestamp;
@@ -42,7 +42,18 @@ impl PlatformKeys {
         let this = self.clone();
         // The stream's reads (resyncs) belong to the watch call's trace.
         tokio::spawn(
-            async move { this.stream(changes, tx, req.include_secret).await }.in_current_span(),
+            async move {
+                // A watch never ends by itself, and the server's drain waits for every open call:
+                // at shutdown the stream ends with UNAVAILABLE, which tells the client to watch
+                // again on another replica.
+                tokio::select! {
+                    () = this.feed.closed() => {
+                        let _ = tx.try_send(Err(Error::Unavailable("server shutting down".into())));
+                    }
+                    () = this.clone().stream(changes, tx.clone(), req.include_secret) => {}
+                }
+            }
+            .in_current_span(),
         );
         Ok(rx)
     }

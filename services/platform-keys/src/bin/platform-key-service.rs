@@ -12,6 +12,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // First, so that SIGTERM during start-up stops it cleanly.
+    let shutdown = bootstrap::shutdown_signal();
     let settings = Cli::parse().settings;
     let services = [&keyhouse_platform_keys::Service as &dyn bootstrap::Mount];
     bootstrap::main(
@@ -19,6 +21,7 @@ async fn main() -> std::process::ExitCode {
         settings,
         Deployment::Split,
         &services,
+        shutdown,
     )
     .await
 }

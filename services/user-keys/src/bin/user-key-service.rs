@@ -12,7 +12,16 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // First, so that SIGTERM during start-up stops it cleanly.
+    let shutdown = bootstrap::shutdown_signal();
     let settings = Cli::parse().settings;
     let services = [&keyhouse_user_keys::Service as &dyn bootstrap::Mount];
-    bootstrap::main("user-key-service", settings, Deployment::Split, &services).await
+    bootstrap::main(
+        "user-key-service",
+        settings,
+        Deployment::Split,
+        &services,
+        shutdown,
+    )
+    .await
 }
