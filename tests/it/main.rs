@@ -8,6 +8,7 @@ mod auth;
 mod authorization_matrix;
 mod binary;
 mod byok;
+mod crash;
 mod docs_and_web;
 mod embedded;
 mod fail_closed;
