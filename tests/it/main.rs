@@ -15,6 +15,7 @@ mod helm;
 mod logs;
 mod metrics;
 mod outbound;
+mod overload;
 mod platform_keys;
 mod platform_watch;
 mod properties;

@@ -97,7 +97,7 @@ pub async fn run(
         Duration::from_secs(ctx.settings.session_purge_secs.max(1)),
     )));
     let after = std::mem::take(&mut services.on_shutdown);
-    let served = router::serve(listener, services, &ctx.settings.cors_origins, shutdown).await;
+    let served = router::serve(listener, services, &ctx.settings, shutdown).await;
     for work in after {
         work.await?;
     }

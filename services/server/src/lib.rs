@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod bootstrap;
+mod connections;
+mod deadline;
 pub mod docs;
 pub mod grpc;
 pub mod key_file;
