@@ -153,11 +153,18 @@ async fn a_client_that_stops_sending_its_headers_is_disconnected() {
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: keyhouse\r\nx-slow: ")
         .await
         .expect("write part of the headers");
+    assert_closed_by_server(tcp, "part of the headers").await;
+    // One that sends nothing at all is cut off the same way.
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    assert_closed_by_server(tcp, "nothing").await;
+}
+
+async fn assert_closed_by_server(mut tcp: TcpStream, sent: &str) {
     // Well under the 10 s default, so only the configured timeout can end the connection here.
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut answer))
         .await
-        .expect("the server closes a connection whose headers stall");
+        .unwrap_or_else(|_| panic!("a client that sent {sent} is still connected"));
     if let Err(e) = read {
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     }

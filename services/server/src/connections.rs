@@ -23,6 +23,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Limits {
+    header_read_timeout_secs: u64,
     max_age: Option<Duration>,
     grace: Duration,
 }
@@ -50,6 +51,7 @@ pub async fn serve(
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     let builder = Arc::new(builder);
     let limits = Arc::new(Limits {
+        header_read_timeout_secs: settings.header_read_timeout_secs,
         max_age: (settings.max_connection_age_secs > 0)
             .then(|| Duration::from_secs(settings.max_connection_age_secs)),
         grace: Duration::from_secs(settings.max_connection_age_grace_secs),
@@ -108,6 +110,15 @@ async fn connection(
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let _open = OpenGauge::new();
+    // hyper's header timeout starts once it knows the protocol, which takes the client's first
+    // bytes: a client that connects and sends nothing would otherwise hold its slot for ever.
+    let header_timeout = Duration::from_secs(limits.header_read_timeout_secs);
+    // `peek` and not `readable`, which may wake without data.
+    let first = tokio::time::timeout(header_timeout, tcp.peek(&mut [0u8; 1])).await;
+    if !matches!(first, Ok(Ok(n)) if n > 0) {
+        tracing::debug!("connection closed: nothing sent within the header timeout");
+        return;
+    }
     let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
     tokio::pin!(conn);
     let aged = async {

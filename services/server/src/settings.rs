@@ -51,8 +51,8 @@ pub struct ServerSettings {
     )]
     pub max_connections: u32,
 
-    /// How long an HTTP/1 client may take to send a request's headers (seconds) before its
-    /// connection is closed.
+    /// How long a new client may take to send its first bytes, and an HTTP/1 client a request's
+    /// headers (seconds), before its connection is closed.
     #[arg(
         long,
         env = "KEYHOUSE_HEADER_READ_TIMEOUT_SECS",
