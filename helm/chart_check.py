@@ -95,6 +95,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("existingSecret together with an inline DATABASE_URL (template check)",
      {"secret": {"existingSecret": "keyhouse-secrets", "databaseUrl": "postgres://u:p@db:5432/keyhouse"}},
      "secret.databaseUrl"),
+    ("headless Service switch that is not a boolean", {"service": {"headless": {"enabled": "yes"}}}),
     ("grace period shorter than the preStop sleep (template check)",
      {"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 10}, "terminationGracePeriodSeconds"),
     ("native gRPC Ingress without TLS (template check)",
@@ -379,6 +380,15 @@ def wiring_problems(docs: list[dict], values: dict) -> list[str]:
             if target_port not in cports:
                 p.append(f"Service {name}: targetPort {target_port} is not a container port of its pods")
 
+    headless = {name for name, svc in services.items() if svc["spec"].get("clusterIP") == "None"}
+    for name in headless:
+        if not name.endswith("-headless"):
+            p.append(f"Service {name}: headless but not named <service>-headless")
+    for c in enabled:
+        want = any(n.endswith(f"{c}-headless") for n in headless)
+        if want != values["service"]["headless"]["enabled"]:
+            p.append(f"{c}: headless Service {'missing' if not want else 'rendered while service.headless.enabled is false'}")
+
     for hpa in by_kind.get("HorizontalPodAutoscaler", []):
         ref = hpa["spec"]["scaleTargetRef"]
         dep = deployments.get(ref["name"])
@@ -652,7 +662,7 @@ def main() -> int:
         report.add(f"wiring ({label})", not wiring, f"{len(wiring)} problems")
 
         if label.endswith("production-values.yaml"):
-            want = {"Deployment": 2, "Service": 2, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2,
+            want = {"Deployment": 2, "Service": 4, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2,
                     "NetworkPolicy": 2, "Ingress": 1, "ServiceMonitor": 1, "Job": 2, "ServiceAccount": 1}
             missing = {k: n for k, n in want.items() if kinds.get(k, 0) != n}
             if kinds.get("Secret"):

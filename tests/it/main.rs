@@ -18,6 +18,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod outbound;
+mod overload;
 mod platform_keys;
 mod platform_watch;
 mod properties;

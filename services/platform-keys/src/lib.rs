@@ -69,9 +69,10 @@ impl PlatformKeyGrpc {
     pub fn register(self, services: &mut Services) {
         services.rest = std::mem::take(&mut services.rest).merge(rest::router(self.clone()));
         services.openapi.merge(openapi());
-        services
-            .grpc
-            .add_service(PlatformKeyServiceServer::new(self));
+        services.grpc.add_service(
+            PlatformKeyServiceServer::new(self)
+                .max_decoding_message_size(keyhouse_server::grpc::MAX_MESSAGE_BYTES),
+        );
         services.names.push(SERVICE_NAME);
     }
 }

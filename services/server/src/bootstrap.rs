@@ -83,7 +83,7 @@ pub async fn run(
         shutdown.await;
         feed.close();
     };
-    let served = router::serve(listener, services, &ctx.settings.cors_origins, shutdown).await;
+    let served = router::serve(listener, services, &ctx.settings, shutdown).await;
     for work in after {
         work.await?;
     }

@@ -17,6 +17,10 @@ use tonic::metadata::MetadataMap;
 use crate::auth::{self, ServiceTokens};
 use crate::session_cache::SessionCache;
 
+/// The largest request message a service decodes, the same as the REST body limit: larger ones
+/// are refused with OUT_OF_RANGE before they are buffered whole.
+pub const MAX_MESSAGE_BYTES: usize = crate::rest::MAX_BODY_BYTES;
+
 /// A domain result as a gRPC answer: what every service method returns.
 pub fn reply<T>(result: keyhouse_domain::Result<T>) -> Result<tonic::Response<T>, tonic::Status> {
     result.map(tonic::Response::new).map_err(status)

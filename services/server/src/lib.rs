@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod backup;
 pub mod bootstrap;
+mod connections;
+mod deadline;
 pub mod docs;
 pub mod grpc;
 pub mod key_file;

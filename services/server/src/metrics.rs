@@ -1,7 +1,8 @@
 //! Prometheus metrics, served at `/metrics` on the same port as everything else: requests by
 //! method and status with latency histograms (gRPC, grpc-web and REST alike), VerifyKey outcomes
-//! by reason, the verdict cache's hits and misses, bcrypt durations and the database pool's
-//! connections. Labels never carry a key, a token or a user id.
+//! by reason, the verdict cache's hits and misses, bcrypt durations, the database pool's
+//! connections and the listener's client connections. Labels never carry a key, a token or a
+//! user id.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -11,8 +12,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sea_orm::{DatabaseBackend, DatabaseConnection};
 
@@ -27,6 +28,8 @@ pub struct Metrics {
     pub bcrypt_seconds: HistogramVec,
     pool_connections: IntGaugeVec,
     pool_max: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_open: IntGauge,
 }
 
 fn build() -> prometheus::Result<Metrics> {
@@ -72,6 +75,13 @@ fn build() -> prometheus::Result<Metrics> {
         "db_pool_max_connections",
         "The most connections the database pool opens",
     )?;
+    let connections_accepted = IntCounter::new(
+        "connections_accepted_total",
+        "Client connections accepted by the listener",
+    )?;
+    let connections_open = IntGauge::new("connections_open", "Client connections open now")?;
+    registry.register(Box::new(connections_accepted.clone()))?;
+    registry.register(Box::new(connections_open.clone()))?;
     registry.register(Box::new(pool_connections.clone()))?;
     registry.register(Box::new(pool_max.clone()))?;
     for c in [&requests, &verify_outcomes, &verify_cache] {
@@ -89,6 +99,8 @@ fn build() -> prometheus::Result<Metrics> {
         bcrypt_seconds,
         pool_connections,
         pool_max,
+        connections_accepted,
+        connections_open,
     })
 }
 

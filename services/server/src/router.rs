@@ -1,11 +1,11 @@
 //! The listener's router: native gRPC, grpc-web and REST on one port, with reflection, health,
-//! CORS, metrics, traces and graceful shutdown. `bootstrap::run` serves through `serve`.
+//! CORS, metrics, traces, callers' gRPC deadlines and graceful shutdown; `connections` accepts
+//! and limits the connections it is served on. `bootstrap::run` serves through `serve`.
 
 use std::future::Future;
 
 use axum::Router;
 use axum::response::Response;
-use axum::serve::ListenerExt;
 use http::{HeaderName, HeaderValue, Method, header};
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
@@ -53,7 +53,7 @@ impl Services {
 pub async fn serve(
     listener: TcpListener,
     services: Services,
-    cors_origins: &[String],
+    settings: &crate::ServerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -81,6 +81,8 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .into_axum_router()
+        // Inside grpc-web's translation, so a grpc-web caller's deadline is kept too.
+        .layer(axum::middleware::from_fn(crate::deadline::enforce))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(axum::middleware::map_response(no_store));
 
@@ -99,7 +101,7 @@ pub async fn serve(
     if crate::telemetry::traces_enabled() {
         app = app.layer(axum::middleware::from_fn(crate::telemetry::trace_request));
     }
-    if let Some(cors) = cors_layer(cors_origins)? {
+    if let Some(cors) = cors_layer(&settings.cors_origins)? {
         app = app.layer(cors);
     }
     let addr = listener.local_addr()?;
@@ -118,16 +120,7 @@ pub async fn serve(
         }
         tracing::info!("draining in-flight calls");
     };
-    // Without TCP_NODELAY a small last write (a gRPC call's trailers) waits for the client's
-    // delayed ACK, up to 40 ms on Linux, whenever calls come one at a time.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(draining)
-        .await?;
+    crate::connections::serve(listener, app, settings, draining).await;
     tracing::info!("server stopped");
     Ok(())
 }

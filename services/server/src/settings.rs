@@ -42,6 +42,38 @@ pub struct ServerSettings {
     #[command(flatten)]
     pub sessions: SessionPolicy,
 
+    /// The most client connections served at once; further clients wait to be accepted.
+    #[arg(
+        long,
+        env = "KEYHOUSE_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+
+    /// How long a new client may take to send its first bytes, and an HTTP/1 client a request's
+    /// headers (seconds), before its connection is closed.
+    #[arg(
+        long,
+        env = "KEYHOUSE_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_secs: u64,
+
+    /// After this many seconds a connection is asked to close (HTTP/2 GOAWAY, HTTP/1
+    /// `Connection: close`) so clients reconnect and reach new replicas; 0 keeps connections.
+    #[arg(long, env = "KEYHOUSE_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
+    pub max_connection_age_secs: u64,
+
+    /// How long calls on an aged connection may still run before it is cut (seconds).
+    #[arg(
+        long,
+        env = "KEYHOUSE_MAX_CONNECTION_AGE_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub max_connection_age_grace_secs: u64,
+
     /// Log format: `pretty` or `json`.
     #[arg(
         long,
@@ -65,6 +97,10 @@ impl ServerSettings {
             session_cache_secs: 5,
             session_purge_secs: 300,
             sessions: SessionPolicy::default(),
+            max_connections: 10_000,
+            header_read_timeout_secs: 10,
+            max_connection_age_secs: 0,
+            max_connection_age_grace_secs: 30,
             log_format: crate::telemetry::LogFormat::Pretty,
             domain: Settings::new(database_url),
         }

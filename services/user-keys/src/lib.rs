@@ -96,7 +96,10 @@ impl UserKeyGrpc {
         let rest = rest::router(self.clone()).merge(rest_byok::router(self.clone()));
         services.rest = std::mem::take(&mut services.rest).merge(rest);
         services.openapi.merge(openapi());
-        services.grpc.add_service(UserKeyServiceServer::new(self));
+        services.grpc.add_service(
+            UserKeyServiceServer::new(self)
+                .max_decoding_message_size(keyhouse_server::grpc::MAX_MESSAGE_BYTES),
+        );
         services.names.push(SERVICE_NAME);
     }
 }
