@@ -20,10 +20,10 @@ use crate::error::{Error, Result};
 pub const ACQUIRE_TIMEOUT_VAR: &str = "KEYHOUSE_DB_ACQUIRE_TIMEOUT_MS";
 const DEFAULT_ACQUIRE_TIMEOUT_MS: u64 = 1_500;
 
-fn acquire_timeout() -> Result<Duration> {
-    match std::env::var(ACQUIRE_TIMEOUT_VAR) {
-        Err(_) => Ok(Duration::from_millis(DEFAULT_ACQUIRE_TIMEOUT_MS)),
-        Ok(text) => match text.trim().parse::<u64>() {
+fn acquire_timeout(setting: Option<String>) -> Result<Duration> {
+    match setting {
+        None => Ok(Duration::from_millis(DEFAULT_ACQUIRE_TIMEOUT_MS)),
+        Some(text) => match text.trim().parse::<u64>() {
             Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
             _ => Err(Error::FailedPrecondition(format!(
                 "{ACQUIRE_TIMEOUT_VAR} must be a whole number of milliseconds above 0, not {text:?}"
@@ -37,7 +37,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
     // Query text is logged by nobody: statements can hold identifying values.
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(acquire_timeout()?);
+        .acquire_timeout(acquire_timeout(std::env::var(ACQUIRE_TIMEOUT_VAR).ok())?);
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the one writer; the busy timeout makes a second process
         // on the same file (an operator command beside `keyhouse serve`) wait instead of fail.
@@ -237,7 +237,27 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use std::time::Duration;
+
+    use super::{ACQUIRE_TIMEOUT_VAR, acquire_timeout, redact_url};
+
+    #[test]
+    fn the_acquire_timeout_is_whole_milliseconds_above_zero() {
+        assert_eq!(
+            acquire_timeout(None).ok(),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(
+            acquire_timeout(Some(" 250 ".into())).ok(),
+            Some(Duration::from_millis(250))
+        );
+        for bad in ["0", "-1", "1.5", "2s", ""] {
+            let error = acquire_timeout(Some(bad.into()))
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains(ACQUIRE_TIMEOUT_VAR), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn passwords_are_dropped_from_urls() {
