@@ -44,7 +44,7 @@ pub async fn mint(client: &mut UserClient, req: pb::CreateKeyRequest) -> pb::Iss
 
 /// Verifies a fresh key with `limit` once on each of `targets` in turn, all in one rate-limit
 /// window: a minute boundary in between starts again with a new key, at most three times.
-async fn in_one_window(
+pub(crate) async fn in_one_window(
     owner: &mut UserClient,
     limit: i32,
     targets: &[&TestServer],

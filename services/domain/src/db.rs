@@ -1,22 +1,43 @@
-//! Connecting to SQLite or PostgreSQL, and keeping the schema in step with this build.
+//! Connecting to SQLite or PostgreSQL, keeping the schema in step with this build, and the
+//! circuit breaker that answers at once while PostgreSQL is known to be down.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use keyhouse_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use crate::error::{Error, Result};
+
+/// How long a call waits for a pooled connection. With PostgreSQL down the pool keeps retrying
+/// until then, so this is how long the first call of an outage waits before the breaker opens.
+pub const ACQUIRE_TIMEOUT_VAR: &str = "KEYHOUSE_DB_ACQUIRE_TIMEOUT_MS";
+const DEFAULT_ACQUIRE_TIMEOUT_MS: u64 = 1_500;
+
+fn acquire_timeout(setting: Option<String>) -> Result<Duration> {
+    match setting {
+        None => Ok(Duration::from_millis(DEFAULT_ACQUIRE_TIMEOUT_MS)),
+        Some(text) => match text.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+            _ => Err(Error::FailedPrecondition(format!(
+                "{ACQUIRE_TIMEOUT_VAR} must be a whole number of milliseconds above 0, not {text:?}"
+            ))),
+        },
+    }
+}
 
 pub async fn connect(url: &str) -> Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(url);
     // Query text is logged by nobody: statements can hold identifying values.
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5));
+        .acquire_timeout(acquire_timeout(std::env::var(ACQUIRE_TIMEOUT_VAR).ok())?);
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the one writer; the busy timeout makes a second process
         // on the same file (an operator command beside `keyhouse serve`) wait instead of fail.
@@ -39,12 +60,109 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
 /// concurrent writer waits for it (up to the busy timeout) instead of failing when this one,
 /// having read first, tries to write over a newer snapshot.
 pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
-    Ok(db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await?)
+    guarded(db, async {
+        Ok(db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?)
+    })
+    .await
+}
+
+/// Runs `op`, which takes a connection from `db`'s pool, behind the database's circuit breaker.
+/// While PostgreSQL is known to be down it answers `Unavailable` at once without touching the
+/// pool, instead of making every caller wait out the acquire timeout; a failure to reach the
+/// database opens the breaker, and a background probe closes it when the database answers.
+pub async fn guarded<T>(db: &DatabaseConnection, op: impl Future<Output = Result<T>>) -> Result<T> {
+    let Some(breaker) = Breaker::of(db) else {
+        return op.await;
+    };
+    if breaker.open.load(Ordering::Acquire) {
+        return Err(Error::Unavailable(BREAKER_OPEN.into()));
+    }
+    let outcome = op.await;
+    if let Err(e) = &outcome
+        && e.is_database_down()
+    {
+        breaker.trip(db);
+    }
+    outcome
+}
+
+const BREAKER_OPEN: &str =
+    "database unavailable; answering at once until it is reachable again (try again shortly)";
+
+/// How often an open breaker asks the database whether it is back, and how long it waits.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One per PostgreSQL database (host, port, name), shared by every pool of the process that
+/// reaches it: they are all down together. SQLite is a local file and has none.
+struct Breaker {
+    open: AtomicBool,
+    name: String,
+}
+
+static BREAKERS: LazyLock<Mutex<HashMap<String, Arc<Breaker>>>> = LazyLock::new(Default::default);
+
+impl Breaker {
+    fn of(db: &DatabaseConnection) -> Option<Arc<Self>> {
+        if db.get_database_backend() != DbBackend::Postgres {
+            return None;
+        }
+        let options = db.get_postgres_connection_pool().connect_options();
+        let name = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let mut breakers = BREAKERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(
+            breakers
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(Self {
+                        open: AtomicBool::new(false),
+                        name,
+                    })
+                })
+                .clone(),
+        )
+    }
+
+    /// Opens the breaker; the caller that opens it starts the one probe.
+    fn trip(self: &Arc<Self>, db: &DatabaseConnection) {
+        if self.open.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(database = %self.name, "database unreachable; answering misses and writes with UNAVAILABLE until it answers again");
+        tokio::spawn(self.clone().probe(db.clone()));
+    }
+
+    async fn probe(self: Arc<Self>, db: DatabaseConnection) {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            // A closed pool cannot tell: the next call through another pool finds out again.
+            let closed = db.get_postgres_connection_pool().is_closed();
+            if closed
+                || matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, db.execute_unprepared("SELECT 1")).await,
+                    Ok(Ok(_))
+                )
+            {
+                self.open.store(false, Ordering::Release);
+                if !closed {
+                    tracing::info!(database = %self.name, "database reachable again");
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// Applies pending migrations; returns how many this call applied. On PostgreSQL the work runs
@@ -152,7 +270,27 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use std::time::Duration;
+
+    use super::{ACQUIRE_TIMEOUT_VAR, acquire_timeout, redact_url};
+
+    #[test]
+    fn the_acquire_timeout_is_whole_milliseconds_above_zero() {
+        assert_eq!(
+            acquire_timeout(None).ok(),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(
+            acquire_timeout(Some(" 250 ".into())).ok(),
+            Some(Duration::from_millis(250))
+        );
+        for bad in ["0", "-1", "1.5", "2s", ""] {
+            let error = acquire_timeout(Some(bad.into()))
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains(ACQUIRE_TIMEOUT_VAR), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn passwords_are_dropped_from_urls() {

@@ -43,7 +43,15 @@ impl Error {
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         Self::Internal(cause.into())
     }
+
+    /// Whether this is the failure to reach the database at all (what opens the breaker in
+    /// `db::guarded`), rather than a refusal or a busy answer.
+    pub fn is_database_down(&self) -> bool {
+        matches!(self, Self::Unavailable(m) if m == DATABASE_UNAVAILABLE)
+    }
 }
+
+const DATABASE_UNAVAILABLE: &str = "database unavailable";
 
 impl From<sea_orm::DbErr> for Error {
     fn from(err: sea_orm::DbErr) -> Self {
@@ -51,7 +59,7 @@ impl From<sea_orm::DbErr> for Error {
         match err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
                 tracing::warn!(error = %err, "database unavailable");
-                Self::Unavailable("database unavailable".into())
+                Self::Unavailable(DATABASE_UNAVAILABLE.into())
             }
             // Every uniqueness rule keyhouse relies on is checked before writing; meeting one
             // here means a concurrent change wrote the same record first.

@@ -80,7 +80,7 @@ impl UserKeys {
             rate_limit,
             allowed_ips.as_deref(),
         )?;
-        self.within_limits(&self.db, caller, now, true).await?;
+        crate::db::guarded(&self.db, self.within_limits(&self.db, caller, now, true)).await?;
         let key = ApiKey::generate()?;
         let key_hash = key.hash(self.policy.bcrypt_cost).await?;
 
@@ -317,7 +317,7 @@ impl UserKeys {
     }
 
     async fn find(&self, caller: &Caller, id: Uuid) -> Result<user_api_keys::Model> {
-        store::find_owned(&self.db, caller.user_id(), id)
+        crate::db::guarded(&self.db, store::find_owned(&self.db, caller.user_id(), id))
             .await?
             .ok_or_else(not_found)
     }

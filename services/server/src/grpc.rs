@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use keyhouse_domain::Error;
 use keyhouse_domain::authorization::{self, Reach, Rule};
 use keyhouse_domain::caller::{AuthFailure, Caller, Principal, Role};
 use keyhouse_domain::crypto::{api_key, session_token};
 use keyhouse_domain::storage::sessions;
 use keyhouse_domain::verify::Verifier;
+use keyhouse_domain::{Error, db};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::verify_key_response::Reason;
 use sea_orm::DatabaseConnection;
@@ -159,7 +159,9 @@ impl Authenticator {
             Some(principal) => principal,
             None => {
                 let (principal, expires_at) =
-                    sessions::find(&self.db, &digest).await.map_err(status)?;
+                    db::guarded(&self.db, sessions::find(&self.db, &digest))
+                        .await
+                        .map_err(status)?;
                 self.sessions
                     .put(digest, principal.clone(), now, expires_at);
                 principal

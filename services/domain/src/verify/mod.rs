@@ -410,7 +410,8 @@ impl Verifier {
             return Ok(None);
         }
         let started = Instant::now();
-        let rows = store::find_by_prefix(&self.inner.db, key.lookup_prefix()).await?;
+        let db = &self.inner.db;
+        let rows = crate::db::guarded(db, store::find_by_prefix(db, key.lookup_prefix())).await?;
         let tags = PrefixTags(rows.iter().map(|r| r.key_tag.clone()).collect());
         let refused = tags.refuse(&self.inner.tagger, key);
         self.inner.prefixes.insert(prefix, Arc::new(tags), started);
@@ -445,7 +446,10 @@ impl Verifier {
     /// primary, now that it has proven itself; a failure only means it is tried again next time.
     async fn retag(&self, row: &user_api_keys::Model, key: &ApiKey) {
         let tag = self.inner.tagger.tag(key);
-        if let Err(e) = store::set_tag(&self.inner.db, row.id, &row.key_hash, &tag).await {
+        let db = &self.inner.db;
+        if let Err(e) =
+            crate::db::guarded(db, store::set_tag(db, row.id, &row.key_hash, &tag)).await
+        {
             tracing::warn!(key_id = %row.id, error = %e, "could not store the key's tag");
         }
     }
@@ -453,7 +457,8 @@ impl Verifier {
     /// Re-reads a key that changed, without bcrypt: the presented key was proven to be this
     /// key's secret when it was cached, and still is if the stored hash is the same one.
     async fn reload(&self, stale: &KeyInfo) -> Result<Option<Arc<KeyInfo>>> {
-        let Some(row) = store::find(&self.inner.db, stale.key_id).await? else {
+        let db = &self.inner.db;
+        let Some(row) = crate::db::guarded(db, store::find(db, stale.key_id)).await? else {
             return Ok(None);
         };
         if hash_tag(&row.key_hash) != stale.hash_tag {

@@ -1,10 +1,13 @@
 //! Per-key requests-per-minute limits: fixed one-minute windows, counted per replica in
 //! memory, or across every replica in Redis when `KEYHOUSE_REDIS_URL` is set. If Redis stops
-//! answering, counting falls back to this replica rather than refusing traffic.
+//! answering, counting falls back to this replica rather than refusing traffic: each Redis call
+//! has a short timeout, and once one fails Redis is left alone on the hot path while a
+//! background probe waits for it to answer again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -18,10 +21,21 @@ pub struct Window {
 
 pub struct RateLimiter {
     local: Mutex<Minute>,
-    redis: Option<redis::aio::ConnectionManager>,
-    /// Whether Redis failed last time: an outage is logged when it starts and ends, not per hit.
-    redis_failing: AtomicBool,
+    redis: Option<Arc<Shared>>,
 }
+
+struct Shared {
+    redis: redis::aio::ConnectionManager,
+    /// Set while Redis is known down: hits count locally without trying it, and the one probe
+    /// started by the failure clears it when Redis answers.
+    down: AtomicBool,
+}
+
+/// The most a hit waits for Redis: past it, counting on this replica is the better answer.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often a probe asks Redis whether it is back, and how long it waits for the answer.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// This replica's counts for the current minute; earlier minutes are over and need no counts.
 #[derive(Default)]
@@ -39,21 +53,29 @@ impl RateLimiter {
                         "KEYHOUSE_REDIS_URL is not a Redis URL: {e}"
                     ))
                 })?;
-                let manager = redis::aio::ConnectionManager::new(client)
+                // Few, quick reconnection attempts: the probe keeps asking, so the manager need
+                // not hold a command for seconds retrying.
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(Some(PROBE_TIMEOUT))
+                    .set_response_timeout(Some(PROBE_TIMEOUT));
+                let manager = redis::aio::ConnectionManager::new_with_config(client, config)
                     .await
                     .map_err(|e| {
                         crate::Error::Unavailable(format!(
                             "cannot reach Redis at KEYHOUSE_REDIS_URL: {e}"
                         ))
                     })?;
-                Some(manager)
+                Some(Arc::new(Shared {
+                    redis: manager,
+                    down: AtomicBool::new(false),
+                }))
             }
             None => None,
         };
         Ok(Self {
             local: Mutex::new(Minute::default()),
             redis,
-            redis_failing: AtomicBool::new(false),
         })
     }
 
@@ -61,21 +83,13 @@ impl RateLimiter {
     pub async fn hit(&self, key_id: Uuid, limit: u32, now: i64) -> Window {
         let minute = now.div_euclid(60);
         let count = match &self.redis {
-            Some(redis) => match Self::redis_count(redis.clone(), key_id, minute).await {
-                Ok(count) => {
-                    if self.redis_failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!("rate limit: Redis answers again; counting across replicas");
-                    }
-                    count
+            Some(shared) if !shared.down.load(Ordering::Acquire) => {
+                match shared.count(key_id, minute).await {
+                    Some(count) => count,
+                    None => self.local_count(key_id, minute),
                 }
-                Err(e) => {
-                    if !self.redis_failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(error = %e, "rate limit: Redis failed; counting on this replica");
-                    }
-                    self.local_count(key_id, minute)
-                }
-            },
-            None => self.local_count(key_id, minute),
+            }
+            _ => self.local_count(key_id, minute),
         };
         Window {
             allowed: count <= limit,
@@ -115,5 +129,46 @@ impl RateLimiter {
             .query_async(&mut redis)
             .await?;
         Ok(count)
+    }
+}
+
+impl Shared {
+    /// The count in Redis, or `None` (and Redis marked down) when it does not answer in time.
+    async fn count(self: &Arc<Self>, key_id: Uuid, minute: i64) -> Option<u32> {
+        let counted = RateLimiter::redis_count(self.redis.clone(), key_id, minute);
+        let error = match tokio::time::timeout(REDIS_TIMEOUT, counted).await {
+            Ok(Ok(count)) => return Some(count),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", REDIS_TIMEOUT.as_millis()),
+        };
+        self.fail(&error);
+        None
+    }
+
+    /// Marks Redis down; the first failure of an outage logs it and starts the probe.
+    fn fail(self: &Arc<Self>, error: &str) {
+        if self.down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(%error, "rate limit: Redis failed; counting on this replica until it answers again");
+        tokio::spawn(Self::probe(Arc::downgrade(self)));
+    }
+
+    async fn probe(shared: Weak<Self>) {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let mut redis = shared.redis.clone();
+            let ping = redis::cmd("PING");
+            let answer =
+                tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<String>(&mut redis));
+            if let Ok(Ok(_)) = answer.await {
+                shared.down.store(false, Ordering::Release);
+                tracing::info!("rate limit: Redis answers again; counting across replicas");
+                return;
+            }
+        }
     }
 }
