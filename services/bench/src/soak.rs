@@ -21,6 +21,9 @@ use crate::load::{self, ms};
 use crate::setup::{self, Server, authorized};
 
 const KEYS: usize = 200;
+/// The users whose keys churn (create, then revoke): spread so that none passes the per-user
+/// limits the soak sets.
+const CHURNING_USERS: usize = 50;
 
 pub async fn run(args: &Args, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let url = setup::postgres_database(&args.postgres_url).await?;
@@ -34,6 +37,7 @@ pub async fn run(args: &Args, rt: &tokio::runtime::Handle) -> anyhow::Result<()>
 struct Mix {
     keys: Arc<Vec<pb::IssuedKey>>,
     user: String,
+    churners: Arc<Vec<String>>,
     admin: String,
     channel: Channel,
 }
@@ -64,6 +68,7 @@ impl Mix {
                 Err(_) => false,
             },
             20 => {
+                let token = &self.churners[(i as usize / 40) % self.churners.len()];
                 let create = pb::CreateKeyRequest {
                     name: "churn".into(),
                     ..Default::default()
@@ -104,11 +109,16 @@ impl Mix {
 
 async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow::Result<()> {
     let mut settings = setup::settings(url.to_owned(), args.bulk_bcrypt_cost);
-    settings.domain.keys.max_key_creates_per_minute = u64::MAX / 2;
-    settings.domain.keys.max_active_keys_per_user = u64::MAX / 2;
+    settings.domain.keys.max_key_creates_per_minute = 1_000;
+    settings.domain.keys.max_active_keys_per_user = 1_000;
     let server = setup::start(settings, rt).await?;
     let user = server.session("soak-user", Role::User).await?;
     let admin = server.session("soak-admin", Role::Admin).await?;
+    let mut churners = Vec::with_capacity(CHURNING_USERS);
+    for n in 0..CHURNING_USERS {
+        churners.push(server.session(&format!("churn-{n}"), Role::User).await?);
+    }
+    let churners = Arc::new(churners);
     let mut keys = Vec::with_capacity(KEYS);
     for i in 0..KEYS {
         keys.push(
@@ -129,6 +139,7 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
         .map(|channel| Mix {
             keys: Arc::new(keys.clone()),
             user: user.clone(),
+            churners: churners.clone(),
             admin: admin.clone(),
             channel: channel.clone(),
         })

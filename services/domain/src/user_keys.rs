@@ -298,7 +298,7 @@ impl UserKeys {
         creating: bool,
     ) -> Result<()> {
         let max = self.policy.max_active_keys_per_user;
-        if store::count_active(conn, caller.user_id(), now).await? >= max {
+        if store::count_active(conn, caller.user_id(), now, max).await? >= max {
             return Err(Error::ResourceExhausted(format!(
                 "a user may hold at most {max} active API keys (KEYHOUSE_MAX_ACTIVE_KEYS_PER_USER); revoke one first"
             )));
@@ -308,7 +308,7 @@ impl UserKeys {
         }
         let max = self.policy.max_key_creates_per_minute;
         let since = now - Duration::minutes(1);
-        if store::count_created_since(conn, caller.user_id(), since).await? >= max {
+        if store::count_created_since(conn, caller.user_id(), since, max).await? >= max {
             return Err(Error::ResourceExhausted(format!(
                 "a user may create at most {max} API keys a minute (KEYHOUSE_MAX_KEY_CREATES_PER_MINUTE); try again shortly"
             )));
