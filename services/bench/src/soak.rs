@@ -169,29 +169,38 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
     let started = Instant::now();
     let mut i: u64 = 0;
     let minutes = args.soak_seconds.div_ceil(60).max(1);
+    // Each call adds its latency here when it ends; a minute's figures are taken out at its end
+    // (a call still running then counts in the next minute). No per-call handle is kept.
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let failures = Arc::new(AtomicU64::new(0));
     for minute in 1..=minutes {
         let window_end = started + Duration::from_secs((minute * 60).min(args.soak_seconds));
         let window_start = Instant::now();
-        let failures = Arc::new(AtomicU64::new(0));
-        let mut calls = Vec::new();
         while Instant::now() < window_end {
             let due = started + interval.mul_f64(i as f64);
             tokio::time::sleep_until(due.into()).await;
             let mix = mixes[(i as usize) % mixes.len()].clone();
-            let (n, failures) = (counter.fetch_add(1, Ordering::Relaxed), failures.clone());
-            calls.push(tokio::spawn(async move {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            let (latencies, failures) = (latencies.clone(), failures.clone());
+            tokio::spawn(async move {
                 let ok = mix.call(n).await;
                 if !ok {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
-                due.elapsed()
-            }));
+                let took = due.elapsed();
+                latencies
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(took);
+            });
             i += 1;
         }
-        let mut latencies = Vec::with_capacity(calls.len());
-        for c in calls {
-            latencies.push(c.await?);
-        }
+        let mut latencies = std::mem::take(
+            &mut *latencies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let failures = failures.swap(0, Ordering::Relaxed);
         latencies.sort_unstable();
         let served = latencies.len() as f64 / window_start.elapsed().as_secs_f64();
         let (rss, files) = own_footprint();
@@ -200,7 +209,7 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
             "| {minute} | {served:.0} | {} | {} | {} | {} MiB | {files} | {connections} |",
             ms(load::quantile(&latencies, 0.50)),
             ms(load::quantile(&latencies, 0.99)),
-            failures.load(Ordering::Relaxed),
+            failures,
             rss / 1024,
         );
     }

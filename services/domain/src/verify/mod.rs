@@ -98,7 +98,7 @@ struct Inner {
     /// Each looked-up prefix's stored tags: refuses a forged key without a query.
     prefixes: Cache<Arc<PrefixTags>>,
     tagger: KeyTagger,
-    invalidated: RwLock<HashMap<Uuid, Instant>>,
+    invalidated: RwLock<Invalidated>,
     /// When the latest invalidation happened, as nanoseconds after `epoch` (0: never). An entry
     /// cached after it cannot be stale, so the hot path skips the lock for it.
     last_invalidation: AtomicU64,
@@ -147,7 +147,7 @@ impl Verifier {
                 Duration::from_secs(settings.negative_cache_ttl_secs.max(1)),
             ),
             tagger,
-            invalidated: RwLock::new(HashMap::new()),
+            invalidated: RwLock::new(Invalidated::default()),
             last_invalidation: AtomicU64::new(0),
             resynced: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -184,12 +184,8 @@ impl Verifier {
             .invalidated
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ttl = self.inner.ttl;
-        if invalidated.len() > 10_000 {
-            invalidated.retain(|_, at| at.elapsed() < ttl);
-        }
         let now = Instant::now();
-        invalidated.insert(key_id, now);
+        invalidated.insert(key_id, now, self.inner.ttl);
         self.inner
             .last_invalidation
             .store(self.inner.since_epoch(now), Ordering::Release);
@@ -314,7 +310,7 @@ impl Verifier {
             .invalidated
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if invalidated.get(&info.key_id).is_some_and(|t| at <= *t) {
+        if invalidated.at.get(&info.key_id).is_some_and(|t| at <= *t) {
             return Cached::Stale(info);
         }
         Cached::Fresh(info)
@@ -590,6 +586,26 @@ impl Verifier {
     ) -> pb::VerifyKeyResponse {
         response.permissions = self.scopes_of(info);
         response
+    }
+}
+
+/// When each key was last invalidated, for as long as a verdict cached before it could still be
+/// in the cache (its time to live). Entries past that are pruned when the map has doubled since
+/// the last pruning, so a steady stream of revocations costs amortized constant time each, not a
+/// sweep of the whole map every time.
+#[derive(Default)]
+struct Invalidated {
+    at: HashMap<Uuid, Instant>,
+    prune_above: usize,
+}
+
+impl Invalidated {
+    fn insert(&mut self, key_id: Uuid, now: Instant, ttl: Duration) {
+        if self.at.len() >= self.prune_above.max(10_000) {
+            self.at.retain(|_, at| at.elapsed() < ttl);
+            self.prune_above = self.at.len() * 2;
+        }
+        self.at.insert(key_id, now);
     }
 }
 
