@@ -251,31 +251,31 @@ pub async fn set_tag(
 
 /// How many of a user's keys are active (not revoked, not expired) at `now`, counting no
 /// further than `up_to`: a limit check costs the limit, not the user's history.
-#[tracing::instrument(name = "user_keys.count_active", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn count_active(
     conn: &impl ConnectionTrait,
     user_id: &str,
     now: DateTime<Utc>,
     up_to: u64,
 ) -> Result<u64> {
-    use sea_orm::{PaginatorTrait, QuerySelect};
-    Ok(Entity::find()
-        .select_only()
-        .column(Column::Id)
-        .filter(Column::UserId.eq(user_id))
-        .filter(Status::Active.condition(now))
-        .limit(up_to)
-        .count(conn)
-        .await?)
+    count_owned(conn, user_id, Status::Active.condition(now), up_to).await
 }
 
 /// How many keys a user created since `since`, whatever became of them, counting no further
 /// than `up_to`.
-#[tracing::instrument(name = "user_keys.count_created_since", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
 pub async fn count_created_since(
     conn: &impl ConnectionTrait,
     user_id: &str,
     since: DateTime<Utc>,
+    up_to: u64,
+) -> Result<u64> {
+    count_owned(conn, user_id, Column::CreatedAt.gte(since).into(), up_to).await
+}
+
+#[tracing::instrument(name = "user_keys.count", skip_all, fields(otel.kind = "client", db.system.name = super::system(conn)))]
+async fn count_owned(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    condition: Condition,
     up_to: u64,
 ) -> Result<u64> {
     use sea_orm::{PaginatorTrait, QuerySelect};
@@ -283,7 +283,7 @@ pub async fn count_created_since(
         .select_only()
         .column(Column::Id)
         .filter(Column::UserId.eq(user_id))
-        .filter(Column::CreatedAt.gte(since))
+        .filter(condition)
         .limit(up_to)
         .count(conn)
         .await?)
