@@ -183,10 +183,7 @@ const H2_SETTINGS: u8 = 4;
 /// Anything else after the preface is h2's to refuse.
 struct Greeting {
     tcp: TcpStream,
-    /// Bytes read so far, while watching.
-    read: usize,
-    /// The header of the frame after the preface.
-    frame: [u8; 9],
+    seen: Seen,
     /// Taken and sent once the greeting is complete.
     greeted: Option<oneshot::Sender<()>>,
 }
@@ -196,13 +193,23 @@ impl Greeting {
         let (greeted, complete) = oneshot::channel();
         let watched = Self {
             tcp,
-            read: 0,
-            frame: [0; 9],
+            seen: Seen::default(),
             greeted: Some(greeted),
         };
         (watched, complete)
     }
+}
 
+/// What a client has sent of its greeting so far.
+#[derive(Default)]
+struct Seen {
+    read: usize,
+    /// The header of the frame after the preface.
+    frame: [u8; 9],
+}
+
+impl Seen {
+    /// Takes the next bytes read; true once the greeting is complete.
     fn complete_with(&mut self, bytes: &[u8]) -> bool {
         for &byte in bytes {
             let at = self.read;
@@ -240,7 +247,7 @@ impl AsyncRead for Greeting {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
         if this.greeted.is_some()
-            && this.complete_with(&buf.filled()[before..])
+            && this.seen.complete_with(&buf.filled()[before..])
             && let Some(greeted) = this.greeted.take()
         {
             // No receiver means the connection is ending anyway.
@@ -293,5 +300,44 @@ impl OpenGauge {
 impl Drop for OpenGauge {
     fn drop(&mut self) {
         crate::metrics::METRICS.connections_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in reads of `step` bytes; true once the greeting is complete.
+    fn complete(bytes: &[u8], step: usize) -> bool {
+        let mut seen = Seen::default();
+        bytes.chunks(step).any(|read| seen.complete_with(read))
+    }
+
+    #[test]
+    fn an_http2_greeting_is_the_preface_and_the_whole_settings_frame() {
+        let settings = [0, 0, 6, H2_SETTINGS, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let greeting = [H2_PREFACE, &settings].concat();
+        for step in [1, 5, 24, greeting.len()] {
+            assert!(complete(&greeting, step), "in reads of {step}");
+            assert!(
+                !complete(&greeting[..greeting.len() - 1], step),
+                "one byte short, in reads of {step}"
+            );
+        }
+        assert!(!complete(H2_PREFACE, 1));
+        let empty_settings = [H2_PREFACE, &[0, 0, 0, H2_SETTINGS, 0, 0, 0, 0, 0]].concat();
+        assert!(complete(&empty_settings, 7));
+    }
+
+    #[test]
+    fn anything_that_is_not_an_http2_greeting_ends_the_watch_for_hyper_to_judge() {
+        assert!(complete(b"G", 1), "HTTP/1");
+        assert!(
+            complete(b"PRI * HTTP/1.1", 1),
+            "the preface's first bytes, then not"
+        );
+        // A first frame that is not SETTINGS is h2's protocol error to answer.
+        let ping = [H2_PREFACE, &[0, 0, 8, 6, 0, 0, 0, 0, 0]].concat();
+        assert!(complete(&ping, 3));
     }
 }
