@@ -3,15 +3,19 @@
 //! connection age so long-lived gRPC connections move to new replicas.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::settings::ServerSettings;
 
@@ -40,6 +44,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
+        // hyper also starts this timer when a kept-alive connection goes idle, so it is HTTP/1's
+        // idle timeout as well; a second setting could only be shorter than it. The e2e test
+        // `an_idle_http1_keep_alive_connection_is_closed` catches a hyper that stops doing so.
         .header_read_timeout(Duration::from_secs(settings.header_read_timeout_secs))
         .keep_alive(true)
         .max_buf_size(MAX_HEADER_BYTES);
@@ -110,17 +117,21 @@ async fn connection(
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
     let _open = OpenGauge::new();
-    // hyper's header timeout starts once it knows the protocol, which takes the client's first
-    // bytes: a client that connects and sends nothing would otherwise hold its slot for ever.
-    let header_timeout = Duration::from_secs(limits.header_read_timeout_secs);
-    // `peek` and not `readable`, which may wake without data.
-    let first = tokio::time::timeout(header_timeout, tcp.peek(&mut [0u8; 1])).await;
-    if !matches!(first, Ok(Ok(n)) if n > 0) {
-        tracing::debug!("connection closed: nothing sent within the header timeout");
-        return;
-    }
+    // hyper's HTTP/1 header timeout starts once it knows the protocol, and nothing in hyper or
+    // h2 times the HTTP/2 preface and SETTINGS: without this deadline a client that sends
+    // nothing, or stops inside its HTTP/2 greeting, would hold its slot for ever. The header
+    // read timeout is the budget because the greeting is the HTTP/2 client's "headers"; an
+    // established HTTP/2 connection is then left to the keep-alive pings, so idle gRPC
+    // channels are kept.
+    let deadline = Instant::now() + Duration::from_secs(limits.header_read_timeout_secs);
+    let (tcp, greeted) = Greeting::new(tcp);
     let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
     tokio::pin!(conn);
+    let silent = async {
+        if tokio::time::timeout_at(deadline, greeted).await.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    };
     let aged = async {
         match limits.max_age {
             Some(age) => tokio::time::sleep(age).await,
@@ -129,6 +140,10 @@ async fn connection(
     };
     let grace = tokio::select! {
         result = conn.as_mut() => return log_end(result),
+        () = silent => {
+            tracing::debug!("connection closed: no complete greeting within the header timeout");
+            return;
+        }
         () = stopped(&mut stopping) => None,
         () = aged => Some(limits.grace),
     };
@@ -156,6 +171,122 @@ fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     }
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The preface and the 9-byte header of the frame after it.
+const H2_GREETING_HEAD: usize = H2_PREFACE.len() + 9;
+const H2_SETTINGS: u8 = 4;
+
+/// A new connection's socket, watching the bytes read until the client has sent its greeting:
+/// on HTTP/2 the preface and the whole SETTINGS frame that must follow it; otherwise the first
+/// byte that is not the preface's, after which hyper's HTTP/1 header read timeout bounds each
+/// request's headers, including the wait for the next request on a kept-alive connection.
+/// Anything else after the preface is h2's to refuse.
+struct Greeting {
+    tcp: TcpStream,
+    seen: Seen,
+    /// Taken and sent once the greeting is complete.
+    greeted: Option<oneshot::Sender<()>>,
+}
+
+impl Greeting {
+    fn new(tcp: TcpStream) -> (Self, oneshot::Receiver<()>) {
+        let (greeted, complete) = oneshot::channel();
+        let watched = Self {
+            tcp,
+            seen: Seen::default(),
+            greeted: Some(greeted),
+        };
+        (watched, complete)
+    }
+}
+
+/// What a client has sent of its greeting so far.
+#[derive(Default)]
+struct Seen {
+    read: usize,
+    /// The header of the frame after the preface.
+    frame: [u8; 9],
+}
+
+impl Seen {
+    /// Takes the next bytes read; true once the greeting is complete.
+    fn complete_with(&mut self, bytes: &[u8]) -> bool {
+        for &byte in bytes {
+            let at = self.read;
+            self.read += 1;
+            if at < H2_PREFACE.len() {
+                if byte != H2_PREFACE[at] {
+                    return true;
+                }
+                continue;
+            }
+            if at < H2_GREETING_HEAD {
+                self.frame[at - H2_PREFACE.len()] = byte;
+            }
+            if self.read >= H2_GREETING_HEAD {
+                if self.frame[3] != H2_SETTINGS {
+                    return true;
+                }
+                let length = u32::from_be_bytes([0, self.frame[0], self.frame[1], self.frame[2]]);
+                if self.read >= H2_GREETING_HEAD + length as usize {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+impl AsyncRead for Greeting {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if this.greeted.is_some()
+            && this.seen.complete_with(&buf.filled()[before..])
+            && let Some(greeted) = this.greeted.take()
+        {
+            // No receiver means the connection is ending anyway.
+            let _ = greeted.send(());
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Greeting {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
 /// Counts a connection as open for as long as it lives, however its task ends.
 struct OpenGauge;
 
@@ -169,5 +300,44 @@ impl OpenGauge {
 impl Drop for OpenGauge {
     fn drop(&mut self) {
         crate::metrics::METRICS.connections_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in reads of `step` bytes; true once the greeting is complete.
+    fn complete(bytes: &[u8], step: usize) -> bool {
+        let mut seen = Seen::default();
+        bytes.chunks(step).any(|read| seen.complete_with(read))
+    }
+
+    #[test]
+    fn an_http2_greeting_is_the_preface_and_the_whole_settings_frame() {
+        let settings = [0, 0, 6, H2_SETTINGS, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let greeting = [H2_PREFACE, &settings].concat();
+        for step in [1, 5, 24, greeting.len()] {
+            assert!(complete(&greeting, step), "in reads of {step}");
+            assert!(
+                !complete(&greeting[..greeting.len() - 1], step),
+                "one byte short, in reads of {step}"
+            );
+        }
+        assert!(!complete(H2_PREFACE, 1));
+        let empty_settings = [H2_PREFACE, &[0, 0, 0, H2_SETTINGS, 0, 0, 0, 0, 0]].concat();
+        assert!(complete(&empty_settings, 7));
+    }
+
+    #[test]
+    fn anything_that_is_not_an_http2_greeting_ends_the_watch_for_hyper_to_judge() {
+        assert!(complete(b"G", 1), "HTTP/1");
+        assert!(
+            complete(b"PRI * HTTP/1.1", 1),
+            "the preface's first bytes, then not"
+        );
+        // A first frame that is not SETTINGS is h2's protocol error to answer.
+        let ping = [H2_PREFACE, &[0, 0, 8, 6, 0, 0, 0, 0, 0]].concat();
+        assert!(complete(&ping, 3));
     }
 }

@@ -51,8 +51,9 @@ pub struct ServerSettings {
     )]
     pub max_connections: u32,
 
-    /// How long a new client may take to send its first bytes, and an HTTP/1 client a request's
-    /// headers (seconds), before its connection is closed.
+    /// How long a new client may take to send its greeting (the HTTP/2 preface and SETTINGS, or
+    /// a first byte), and an HTTP/1 client a request's headers, counted on a kept-alive
+    /// connection from the previous answer (seconds), before its connection is closed.
     #[arg(
         long,
         env = "KEYHOUSE_HEADER_READ_TIMEOUT_SECS",
