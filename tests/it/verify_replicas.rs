@@ -15,15 +15,23 @@ use crate::verify::{in_one_window, mint, verify};
 
 /// Polls `check` until it holds, for at most a second: how long "at once" may take between
 /// replicas (NOTIFY is delivered on commit; the benchmark measures the real figure).
-async fn within_a_second(mut check: impl AsyncFnMut() -> bool) -> Duration {
+async fn within_a_second(check: impl AsyncFnMut() -> bool) {
+    assert!(
+        within(Duration::from_secs(1), check).await,
+        "not seen by the other replica within a second"
+    );
+}
+
+/// Polls `check` until it holds or `limit` passes; false if it never held.
+async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(1) {
+    while started.elapsed() < limit {
         if check().await {
-            return started.elapsed();
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("not seen by the other replica within a second");
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,16 +235,27 @@ impl Drop for ThrowawayPostgres {
     }
 }
 
-/// Asks one question and returns the answer with how long it took.
-async fn timed<T>(call: impl Future<Output = T>) -> (T, Duration) {
-    let started = Instant::now();
-    let answer = call.await;
-    (answer, started.elapsed())
+/// The breaker's answer: the database is down and the call did not wait for the pool.
+const BREAKER_OPEN: &str = "database unavailable; answering at once";
+
+/// A counter on `/metrics` (all servers of the test share the process's metrics), 0 before
+/// its first event.
+async fn counter(server: &TestServer, series: &str) -> f64 {
+    let (_, samples) = crate::metrics::scrape(server).await;
+    samples.get(series).copied().unwrap_or(0.0)
 }
 
-/// The bound on each answer during an outage: generous, since this checks that nothing waits
-/// for the pool or for Redis, not how fast the answer is.
-const PROMPTLY: Duration = Duration::from_secs(1);
+const REFUSALS: &str = "keyhouse_db_breaker_refusals_total";
+
+/// Asserts that `answer` is the open breaker's: UNAVAILABLE, saying the database is down.
+fn refused_by_breaker<T: std::fmt::Debug>(what: &str, answer: Result<T, tonic::Status>) {
+    let status = answer.expect_err(what);
+    assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+    assert!(
+        status.message().starts_with(BREAKER_OPEN),
+        "{what} is answered by the open breaker: {status:?}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_are_unavailable() {
@@ -251,9 +270,19 @@ async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_a
         keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key(),
     ));
     settings.domain.platform_env = Some(keyhouse_domain::platform_keys::EnvFallback::default());
-    let server = TestServer::serve(settings, None).await;
-    let token = server.session("alice", Role::User).await;
-    let mut owner = server.user_client(Some(&token)).await;
+    // Sessions resolved before the outage stay resolved through it, so that each call below
+    // reaches its own reads rather than being refused at the session lookup.
+    settings.session_cache_secs = 600;
+    let replicas = [
+        TestServer::serve(settings.clone(), None).await,
+        TestServer::serve(settings.clone(), None).await,
+        TestServer::serve(settings, None).await,
+    ];
+    let first = &replicas[0];
+    let token = first.session("alice", Role::User).await;
+    let admin_token = first.session("admin", Role::Admin).await;
+    let mut owner = first.user_client(Some(&token)).await;
+    let mut admin = first.platform_client(Some(&admin_token)).await;
     let cached = mint(
         &mut owner,
         pb::CreateKeyRequest {
@@ -270,15 +299,24 @@ async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_a
         },
     )
     .await;
-    let mut gateway = server.user_client(None).await;
-    assert!(
-        gateway
-            .verify_key(verify(&cached.api_key, &[], ""))
-            .await
-            .expect("verify")
-            .into_inner()
-            .valid
-    );
+    admin
+        .list_platform_keys(pb::ListPlatformKeysRequest {})
+        .await
+        .expect("the admin's session is resolved before the outage");
+    let mut gateways = Vec::new();
+    for replica in &replicas {
+        let mut gateway = replica.user_client(None).await;
+        assert!(
+            gateway
+                .verify_key(verify(&cached.api_key, &[], ""))
+                .await
+                .expect("verify")
+                .into_inner()
+                .valid,
+            "cached as VALID on every replica"
+        );
+        gateways.push(gateway);
+    }
 
     tokio::task::spawn_blocking({
         let pg = pg.clone();
@@ -288,7 +326,7 @@ async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_a
     .expect("stop PostgreSQL");
 
     // The first miss finds the outage out (waiting at most the pool's acquire timeout).
-    let status = gateway
+    let status = gateways[0]
         .verify_key(verify(&uncached.api_key, &[], ""))
         .await
         .expect_err("a miss while the database is down");
@@ -298,54 +336,104 @@ async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_a
         "never 'invalid': {status:?}"
     );
 
+    let http = first.http();
+    let rest_refused = async |path: &str, token: &str| {
+        let res = http
+            .get(first.rest(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("REST call");
+        assert_eq!(res.status(), 503, "{path} while the database is down");
+        let body: serde_json::Value = res.json().await.expect("a JSON body");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(BREAKER_OPEN)),
+            "{path} says the database is unavailable: {body}"
+        );
+    };
+    // Ten seconds of outage: long enough for every reconnecting pool to have backed off.
     let outage = Instant::now();
-    let mut rounds = 0;
+    let mut round = 0;
     while outage.elapsed() < Duration::from_secs(10) {
-        rounds += 1;
-        let (answer, took) = timed(gateway.verify_key(verify(&cached.api_key, &[], ""))).await;
-        let answer = answer.expect("a cached key while the database is down");
+        round += 1;
+        let before = counter(first, REFUSALS).await;
+        let mut refused = 0.0;
+        for gateway in &mut gateways {
+            let answer = gateway
+                .verify_key(verify(&cached.api_key, &[], ""))
+                .await
+                .expect("a cached key while the database is down");
+            assert!(
+                answer.into_inner().valid,
+                "a cached valid verdict is served"
+            );
+            let miss = gateway.verify_key(verify(&uncached.api_key, &[], "")).await;
+            refused_by_breaker("a miss on every replica", miss);
+            refused += 1.0;
+        }
+        let write = owner
+            .create_key(pb::CreateKeyRequest {
+                name: "during the outage".into(),
+                ..Default::default()
+            })
+            .await;
+        refused_by_breaker("a write", write);
+        let revocation = owner
+            .revoke_key(pb::RevokeKeyRequest {
+                key_id: cached.key_id.clone(),
+            })
+            .await;
+        refused_by_breaker("a revocation", revocation);
+        let list = owner.list_keys(pb::ListKeysRequest::default()).await;
+        refused_by_breaker("ListKeys", list);
+        let get = owner
+            .get_key(pb::GetKeyRequest {
+                key_id: cached.key_id.clone(),
+            })
+            .await;
+        refused_by_breaker("GetKey", get);
+        let usage = owner
+            .get_key_usage(pb::GetKeyUsageRequest {
+                key_id: cached.key_id.clone(),
+                ..Default::default()
+            })
+            .await;
+        refused_by_breaker("GetKeyUsage", usage);
+        let byok = owner
+            .list_provider_keys(pb::ListProviderKeysRequest {})
+            .await;
+        refused_by_breaker("ListProviderKeys", byok);
+        let platform = admin
+            .list_platform_keys(pb::ListPlatformKeysRequest {})
+            .await;
+        refused_by_breaker("ListPlatformKeys", platform);
+        let decrypted = admin
+            .get_decrypted_platform_key(pb::GetDecryptedPlatformKeyRequest {
+                name: "openrouter".into(),
+                reason: "outage drill".into(),
+            })
+            .await;
+        refused_by_breaker("GetDecryptedPlatformKey", decrypted);
+        refused += 8.0;
+        rest_refused("/api/v1/account/uc-api-keys", &token).await;
+        rest_refused("/api/v1/admin/platform-keys", &admin_token).await;
+        refused += 2.0;
+        // Other work of the process (a usage flush) may be refused too: at least these were.
+        let counted = counter(first, REFUSALS).await - before;
         assert!(
-            answer.into_inner().valid,
-            "a cached valid verdict is served"
+            counted >= refused,
+            "round {round}: the open breaker answered each of the {refused} refused calls, \
+             not the pool ({counted} counted)"
         );
-        assert!(took < PROMPTLY, "a cached key answered in {took:?}");
-
-        let (answer, took) = timed(gateway.verify_key(verify(&uncached.api_key, &[], ""))).await;
-        let status = answer.expect_err("a miss while the database is down");
-        assert_eq!(
-            status.code(),
-            Code::Unavailable,
-            "never 'invalid': {status:?}"
-        );
-        assert!(
-            status.message().contains("database unavailable"),
-            "{status:?}"
-        );
-        assert!(took < PROMPTLY, "a miss answered in {took:?}");
-
-        let (answer, took) = timed(owner.create_key(pb::CreateKeyRequest {
-            name: "during the outage".into(),
-            ..Default::default()
-        }))
-        .await;
-        let status = answer.expect_err("a write while the database is down");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(
-            status.message().contains("database unavailable"),
-            "a write says why: {status:?}"
-        );
-        assert!(took < PROMPTLY, "a write answered in {took:?}");
-
-        let (answer, took) = timed(owner.revoke_key(pb::RevokeKeyRequest {
-            key_id: cached.key_id.clone(),
-        }))
-        .await;
-        let status = answer.expect_err("a revocation while the database is down");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(took < PROMPTLY, "a revocation answered in {took:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(rounds > 5, "the outage was exercised ({rounds} rounds)");
+    assert!(round > 5, "the outage was exercised ({round} rounds)");
+    assert!(
+        counter(first, "keyhouse_db_breaker_open").await >= 1.0,
+        "operators see the breaker open"
+    );
 
     tokio::task::spawn_blocking({
         let pg = pg.clone();
@@ -353,20 +441,42 @@ async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_a
     })
     .await
     .expect("start PostgreSQL again");
-    let back = Instant::now();
-    let mut recovered = false;
-    while back.elapsed() < Duration::from_secs(5) {
-        if let Ok(answer) = gateway.verify_key(verify(&uncached.api_key, &[], "")).await {
-            assert!(answer.into_inner().valid, "a miss is answered again");
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Revoked as soon as writes work again: during the recovery, while the other replicas may
+    // still be reopening their LISTEN connections.
+    let revoked = within(Duration::from_secs(10), async || {
+        owner
+            .revoke_key(pb::RevokeKeyRequest {
+                key_id: cached.key_id.clone(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
     assert!(
-        recovered,
-        "verification recovers, without a restart, when the database is back"
+        revoked,
+        "writes work again, without a restart, when the database is back"
     );
+    for (i, gateway) in gateways.iter_mut().enumerate() {
+        // A LISTEN connection lost in the outage is tried again every second.
+        let seen = within(Duration::from_secs(3), async || {
+            gateway
+                .verify_key(verify(&cached.api_key, &[], ""))
+                .await
+                .is_ok_and(|answer| answer.into_inner().reason() == Reason::Revoked)
+        })
+        .await;
+        assert!(
+            seen,
+            "replica {i} sees the revocation made during the recovery"
+        );
+    }
+    for gateway in &mut gateways {
+        let answer = gateway
+            .verify_key(verify(&uncached.api_key, &[], ""))
+            .await
+            .expect("a miss is answered again");
+        assert!(answer.into_inner().valid, "a miss is answered again");
+    }
     mint(
         &mut owner,
         pb::CreateKeyRequest {
@@ -375,22 +485,6 @@ async fn postgres_cached_keys_are_served_while_the_database_is_down_and_misses_a
         },
     )
     .await;
-    owner
-        .revoke_key(pb::RevokeKeyRequest {
-            key_id: cached.key_id.clone(),
-        })
-        .await
-        .expect("a revocation right after the database returned");
-    assert_eq!(
-        gateway
-            .verify_key(verify(&cached.api_key, &[], ""))
-            .await
-            .expect("verify")
-            .into_inner()
-            .reason(),
-        Reason::Revoked,
-        "the revocation made on recovery is seen"
-    );
 }
 
 /// A Redis server of the test's own on a free port, which it can kill and start again there
@@ -451,6 +545,9 @@ impl Drop for ThrowawayRedis {
     }
 }
 
+const NOT_TRIED: &str = r#"keyhouse_rate_limit_counts_total{counted="replica_redis_down"}"#;
+const FAILED: &str = r#"keyhouse_rate_limit_counts_total{counted="replica_redis_failed"}"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_count_locally_at_once_while_redis_is_down_and_shared_again_when_it_returns() {
     let mut redis = ThrowawayRedis::start_new();
@@ -482,17 +579,27 @@ async fn rate_limits_count_locally_at_once_while_redis_is_down_and_shared_again_
     let mut counted_here = false;
     for _attempt in 0..3 {
         let key = mint(&mut owner, limited.clone()).await;
+        let down_before = counter(&a, NOT_TRIED).await;
+        let failed_before = counter(&a, FAILED).await;
         let mut results = Vec::new();
         for replica in [0, 0, 0, 0, 0, 1, 1] {
-            let (answer, took) =
-                timed(gateways[replica].verify_key(verify(&key.api_key, &[], ""))).await;
-            let answer = answer.expect("verify while Redis is down").into_inner();
-            assert!(
-                took < Duration::from_millis(500),
-                "a rate-limited key answered in {took:?} while Redis is down"
-            );
+            let answer = gateways[replica]
+                .verify_key(verify(&key.api_key, &[], ""))
+                .await
+                .expect("verify while Redis is down")
+                .into_inner();
             results.push(answer);
         }
+        // Each replica tries Redis at most once in the outage (the hit that finds it down);
+        // every other hit is counted here without waiting for it. Other tests sharing the
+        // process's metrics only add.
+        let not_tried = counter(&a, NOT_TRIED).await - down_before;
+        let tried = counter(&a, FAILED).await - failed_before;
+        assert!(
+            not_tried >= 7.0 - tried && tried <= 2.0,
+            "the hits were counted on the replica without trying Redis ({not_tried} not \
+             tried, {tried} tried and failed)"
+        );
         if results.iter().any(|r| r.reset_at != results[0].reset_at) {
             continue;
         }

@@ -5,13 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::sqlx::postgres::{PgListener, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement};
 use tokio::sync::{broadcast, watch};
 
 use crate::error::Result;
 
 const CHANNEL: &str = "keyhouse_changes";
+
+/// How long one attempt to open the LISTEN connection lasts, and the pause between attempts.
+const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -122,8 +125,21 @@ impl ChangeFeed {
     }
 }
 
+/// The LISTEN connection, from a pool of one that gives up after `RETRY`. `PgListener::connect`
+/// would keep trying for 30 s with pauses growing to 6 s, so after a long outage the feed came
+/// back seconds after the database, and a revocation made meanwhile stayed unseen that long.
 async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
-    let mut listener = PgListener::connect(url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(RETRY)
+        .connect(url)
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    // Reconnecting is `listen`'s work, so that the resync follows it; the listener's own would
+    // wait on the pool before reporting the loss.
+    listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
 }
@@ -147,7 +163,7 @@ async fn listen(mut listener: PgListener, url: String, tx: broadcast::Sender<Cha
     }
 }
 
-/// A new LISTEN connection, retried every second until the database answers.
+/// A new LISTEN connection, tried every second until the database answers.
 async fn resubscribe(url: &str) -> PgListener {
     let mut warned = false;
     loop {
@@ -163,7 +179,7 @@ async fn resubscribe(url: &str) -> PgListener {
                     tracing::warn!(error = %e, "change feed: LISTEN connection lost; retrying every second");
                     warned = true;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(RETRY).await;
             }
         }
     }

@@ -80,6 +80,7 @@ pub async fn guarded<T>(db: &DatabaseConnection, op: impl Future<Output = Result
         return op.await;
     };
     if breaker.open.load(Ordering::Acquire) {
+        crate::observe::db_breaker_refusal();
         return Err(Error::Unavailable(BREAKER_OPEN.into()));
     }
     let outcome = op.await;
@@ -141,6 +142,7 @@ impl Breaker {
             return;
         }
         tracing::warn!(database = %self.name, "database unreachable; answering misses and writes with UNAVAILABLE until it answers again");
+        crate::observe::db_breaker(true);
         tokio::spawn(self.clone().probe(db.clone()));
     }
 
@@ -156,6 +158,7 @@ impl Breaker {
                 )
             {
                 self.open.store(false, Ordering::Release);
+                crate::observe::db_breaker(false);
                 if !closed {
                     tracing::info!(database = %self.name, "database reachable again");
                 }

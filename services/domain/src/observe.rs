@@ -1,5 +1,5 @@
 //! What the domain reports about its own work (VerifyKey outcomes, verdict-cache lookups, bcrypt
-//! times), without knowing who listens. The server installs an `Observer` that turns these into
+//! times, the database breaker, where rate limits are counted), without knowing who listens. The server installs an `Observer` that turns these into
 //! Prometheus metrics; with none installed they cost one atomic load.
 
 use std::sync::OnceLock;
@@ -13,6 +13,14 @@ pub trait Observer: Send + Sync {
     fn verify_cache(&self, result: &'static str);
     /// One bcrypt run: `hash` or `verify`.
     fn bcrypt(&self, operation: &'static str, took: Duration);
+    /// A database's circuit breaker opened (`true`) or closed again (`false`).
+    fn db_breaker(&self, open: bool);
+    /// One call answered `Unavailable` by an open breaker, without taking a pooled connection.
+    fn db_breaker_refusal(&self);
+    /// One rate-limit hit and where it was counted: `redis`, `replica` (no Redis set),
+    /// `replica_redis_failed` (Redis failed on this hit) or `replica_redis_down` (Redis known
+    /// down: not tried).
+    fn rate_limit_count(&self, counted: &'static str);
 }
 
 static OBSERVER: OnceLock<Box<dyn Observer>> = OnceLock::new();
@@ -37,5 +45,23 @@ pub(crate) fn verify_cache(result: &'static str) {
 pub(crate) fn bcrypt(operation: &'static str, took: Duration) {
     if let Some(o) = OBSERVER.get() {
         o.bcrypt(operation, took);
+    }
+}
+
+pub(crate) fn db_breaker(open: bool) {
+    if let Some(o) = OBSERVER.get() {
+        o.db_breaker(open);
+    }
+}
+
+pub(crate) fn db_breaker_refusal() {
+    if let Some(o) = OBSERVER.get() {
+        o.db_breaker_refusal();
+    }
+}
+
+pub(crate) fn rate_limit_count(counted: &'static str) {
+    if let Some(o) = OBSERVER.get() {
+        o.rate_limit_count(counted);
     }
 }

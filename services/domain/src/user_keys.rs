@@ -142,7 +142,11 @@ impl UserKeys {
         };
         let after = Cursor::decode(&req.page_token)?;
         let now = now();
-        let rows = store::list_page(&self.db, caller.user_id(), status, after, limit, now).await?;
+        let rows = crate::db::guarded(
+            &self.db,
+            store::list_page(&self.db, caller.user_id(), status, after, limit, now),
+        )
+        .await?;
         let (rows, next_page_token) = paging::split_page(rows, limit, |r| Cursor {
             at: r.created_at,
             id: r.id,
@@ -262,9 +266,11 @@ impl UserKeys {
             return Err(Error::invalid("from", "from must be before to"));
         }
         // Counts before the key's row: a flush that lands in between then shows in both.
-        let hours = store::usage(&self.db, id, from, to).await?;
+        let hours = crate::db::guarded(&self.db, store::usage(&self.db, id, from, to)).await?;
         let row = match caller.principal.role {
-            Role::Admin => store::find(&self.db, id).await?.ok_or_else(not_found)?,
+            Role::Admin => crate::db::guarded(&self.db, store::find(&self.db, id))
+                .await?
+                .ok_or_else(not_found)?,
             Role::User => self.find(caller, id).await?,
         };
         Ok(pb::GetKeyUsageResponse {

@@ -1,7 +1,8 @@
 //! Prometheus metrics, served at `/metrics` on the same port as everything else: requests by
 //! method and status with latency histograms (gRPC, grpc-web and REST alike), VerifyKey outcomes
 //! by reason, the verdict cache's hits and misses, bcrypt durations, the database pool's
-//! connections and the listener's client connections. Labels never carry a key, a token or a
+//! connections, the database breaker (open, and the calls it answered at once), where rate
+//! limits are counted, and the listener's client connections. Labels never carry a key, a token or a
 //! user id.
 
 use std::sync::LazyLock;
@@ -26,6 +27,9 @@ pub struct Metrics {
     pub verify_outcomes: IntCounterVec,
     pub verify_cache: IntCounterVec,
     pub bcrypt_seconds: HistogramVec,
+    pub db_breakers_open: IntGauge,
+    pub db_breaker_refusals: IntCounter,
+    pub rate_limit_counts: IntCounterVec,
     pool_connections: IntGaugeVec,
     pool_max: IntGauge,
     pub connections_accepted: IntCounter,
@@ -64,6 +68,32 @@ fn build() -> prometheus::Result<Metrics> {
             .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]),
         &["operation"],
     )?;
+    let db_breakers_open = IntGauge::new(
+        "db_breaker_open",
+        "Database circuit breakers open now: 1 while the database is unreachable",
+    )?;
+    let db_breaker_refusals = IntCounter::new(
+        "db_breaker_refusals_total",
+        "Calls answered UNAVAILABLE by the open database breaker, without waiting for the pool",
+    )?;
+    let rate_limit_counts = IntCounterVec::new(
+        Opts::new(
+            "rate_limit_counts_total",
+            "Rate-limited VerifyKey hits by where they were counted: redis (shared), replica (no \
+             Redis set), replica_redis_failed (Redis failed on this hit), replica_redis_down \
+             (Redis known down, not tried)",
+        ),
+        &["counted"],
+    )?;
+    // Present at 0 from the start, so that an alert on them needs no first event.
+    for counted in [
+        "redis",
+        "replica",
+        "replica_redis_failed",
+        "replica_redis_down",
+    ] {
+        rate_limit_counts.with_label_values(&[counted]);
+    }
     let pool_connections = IntGaugeVec::new(
         Opts::new(
             "db_pool_connections",
@@ -84,7 +114,14 @@ fn build() -> prometheus::Result<Metrics> {
     registry.register(Box::new(connections_open.clone()))?;
     registry.register(Box::new(pool_connections.clone()))?;
     registry.register(Box::new(pool_max.clone()))?;
-    for c in [&requests, &verify_outcomes, &verify_cache] {
+    registry.register(Box::new(db_breakers_open.clone()))?;
+    registry.register(Box::new(db_breaker_refusals.clone()))?;
+    for c in [
+        &requests,
+        &verify_outcomes,
+        &verify_cache,
+        &rate_limit_counts,
+    ] {
         registry.register(Box::new(c.clone()))?;
     }
     for h in [&latency, &bcrypt_seconds] {
@@ -97,6 +134,9 @@ fn build() -> prometheus::Result<Metrics> {
         verify_outcomes,
         verify_cache,
         bcrypt_seconds,
+        db_breakers_open,
+        db_breaker_refusals,
+        rate_limit_counts,
         pool_connections,
         pool_max,
         connections_accepted,
@@ -127,6 +167,25 @@ impl keyhouse_domain::observe::Observer for DomainObserver {
             .bcrypt_seconds
             .with_label_values(&[operation])
             .observe(took.as_secs_f64());
+    }
+
+    fn db_breaker(&self, open: bool) {
+        if open {
+            METRICS.db_breakers_open.inc();
+        } else {
+            METRICS.db_breakers_open.dec();
+        }
+    }
+
+    fn db_breaker_refusal(&self) {
+        METRICS.db_breaker_refusals.inc();
+    }
+
+    fn rate_limit_count(&self, counted: &'static str) {
+        METRICS
+            .rate_limit_counts
+            .with_label_values(&[counted])
+            .inc();
     }
 }
 

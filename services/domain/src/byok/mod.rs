@@ -50,7 +50,7 @@ impl Byok {
     }
 
     pub async fn providers(&self, caller: &Caller) -> Result<pb::ListProvidersResponse> {
-        let mine = store::list(&self.db, caller.user_id()).await?;
+        let mine = self.mine(caller).await?;
         let providers = catalog::byok()
             .map(|p| pb::Provider {
                 id: p.id.into(),
@@ -127,7 +127,8 @@ impl Byok {
     }
 
     pub async fn list(&self, caller: &Caller) -> Result<pb::ListProviderKeysResponse> {
-        let keys = store::list(&self.db, caller.user_id())
+        let keys = self
+            .mine(caller)
             .await?
             .into_iter()
             .map(|k| pb::ProviderKey {
@@ -170,9 +171,7 @@ impl Byok {
         req: pb::TestProviderKeyRequest,
     ) -> Result<pb::TestProviderKeyResponse> {
         let provider = provider(&req.provider)?;
-        let row = store::find(&self.db, caller.user_id(), provider.id)
-            .await?
-            .ok_or_else(|| no_key(provider))?;
+        let row = self.find(caller.user_id(), provider).await?;
         let key = self
             .ring
             .decrypt_bound(&binding::byok(&row.user_id, &row.provider), &row.ciphertext)?;
@@ -232,21 +231,15 @@ impl Byok {
                 "user_id must not contain control characters",
             ));
         }
-        let row = store::find(&self.db, user_id, provider.id)
-            .await?
-            .ok_or_else(|| no_key(provider))?;
+        let row = self.find(user_id, provider).await?;
         let key = self
             .ring
             .decrypt_bound(&binding::byok(&row.user_id, &row.provider), &row.ciphertext)?;
         // One statement commits on its own: no BEGIN and COMMIT round trips around it.
-        audit::record(
-            &self.db,
-            caller,
-            "provider_key.hand_out",
-            &format!("{user_id}/{}", provider.id),
-            json!({ "user_id": user_id }),
-        )
-        .await?;
+        let target = format!("{user_id}/{}", provider.id);
+        let details = json!({ "user_id": user_id });
+        let recorded = audit::record(&self.db, caller, "provider_key.hand_out", &target, details);
+        crate::db::guarded(&self.db, recorded).await?;
         Ok(pb::GetProviderKeyForUserResponse {
             provider: provider.id.into(),
             api_key: key.to_string(),
@@ -257,6 +250,18 @@ impl Byok {
                 .filter(|_| provider.requires_endpoint)
                 .unwrap_or_default(),
         })
+    }
+
+    /// The caller's stored keys. Reads go through the database's breaker, so an outage is
+    /// answered at once rather than after the pool's acquire timeout.
+    async fn mine(&self, caller: &Caller) -> Result<Vec<user_provider_keys::Model>> {
+        crate::db::guarded(&self.db, store::list(&self.db, caller.user_id())).await
+    }
+
+    async fn find(&self, user_id: &str, provider: &Provider) -> Result<user_provider_keys::Model> {
+        crate::db::guarded(&self.db, store::find(&self.db, user_id, provider.id))
+            .await?
+            .ok_or_else(|| no_key(provider))
     }
 }
 

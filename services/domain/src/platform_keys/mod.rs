@@ -125,8 +125,12 @@ impl PlatformKeys {
     #[tracing::instrument(skip_all, fields(actor = %caller.user_id()))]
     pub async fn list(&self, caller: &Caller) -> Result<pb::ListPlatformKeysResponse> {
         caller.require_admin()?;
-        let stored = store::all_current(&self.db).await?;
-        let previews = store::previews(&self.db, &stored).await?;
+        let (stored, previews) = crate::db::guarded(&self.db, async {
+            let stored = store::all_current(&self.db).await?;
+            let previews = store::previews(&self.db, &stored).await?;
+            Ok((stored, previews))
+        })
+        .await?;
         let keys = catalog::platform()
             .map(|spec| {
                 let row = stored.iter().find(|r| r.key == spec.id);
@@ -186,7 +190,7 @@ impl PlatformKeys {
     ) -> Result<pb::UpdatePlatformKeyResponse> {
         caller.require_admin()?;
         let spec = spec(&req.name)?;
-        let old = store::version(&self.db, spec.id, req.version)
+        let old = crate::db::guarded(&self.db, store::version(&self.db, spec.id, req.version))
             .await?
             .ok_or_else(|| {
                 Error::NotFound(format!("version {} of {} not found", req.version, spec.id))
@@ -263,18 +267,13 @@ impl PlatformKeys {
             .reveal(spec, &current)?
             .ok_or_else(|| not_configured(spec))?;
         // One statement commits on its own: no BEGIN and COMMIT round trips around it.
-        audit::record(
-            &self.db,
-            caller,
-            "platform_key.decrypt",
-            spec.id,
-            json!({
-                "source": current.source.as_str(),
-                "version": current.stored.as_ref().map(|s| s.version),
-                "reason": reason,
-            }),
-        )
-        .await?;
+        let details = json!({
+            "source": current.source.as_str(),
+            "version": current.stored.as_ref().map(|s| s.version),
+            "reason": reason,
+        });
+        let recorded = audit::record(&self.db, caller, "platform_key.decrypt", spec.id, details);
+        crate::db::guarded(&self.db, recorded).await?;
         tracing::info!(
             source = current.source.as_str(),
             "platform key decrypted for an admin"
@@ -294,9 +293,13 @@ impl PlatformKeys {
     ) -> Result<pb::ListPlatformKeyVersionsResponse> {
         caller.require_admin()?;
         let spec = spec(&req.name)?;
-        let current = store::current(&self.db, spec.id).await?.map(|r| r.version);
-        let versions = store::versions(&self.db, spec.id)
-            .await?
+        let (current, versions) = crate::db::guarded(&self.db, async {
+            let current = store::current(&self.db, spec.id).await?;
+            Ok((current, store::versions(&self.db, spec.id).await?))
+        })
+        .await?;
+        let current = current.map(|r| r.version);
+        let versions = versions
             .into_iter()
             .map(|v| pb::PlatformKeyVersion {
                 version: v.version,
@@ -339,16 +342,11 @@ impl PlatformKeys {
         )
         .await;
         // One statement commits on its own: no BEGIN and COMMIT round trips around it.
-        audit::record(
-            &self.db,
-            caller,
-            "platform_key.test",
-            spec.id,
-            json!({
-                "source": current.source.as_str(), "ok": outcome.ok, "status_code": outcome.status_code,
-            }),
-        )
-        .await?;
+        let details = json!({
+            "source": current.source.as_str(), "ok": outcome.ok, "status_code": outcome.status_code,
+        });
+        let recorded = audit::record(&self.db, caller, "platform_key.test", spec.id, details);
+        crate::db::guarded(&self.db, recorded).await?;
         Ok(pb::TestPlatformKeyResponse {
             ok: outcome.ok,
             status_code: outcome.status_code,
@@ -380,7 +378,8 @@ impl PlatformKeys {
                 .map(|t| crate::from_timestamp(&t, "until"))
                 .transpose()?,
         };
-        let rows = audit::list(&self.db, &filter, after, limit).await?;
+        let rows =
+            crate::db::guarded(&self.db, audit::list(&self.db, &filter, after, limit)).await?;
         let (rows, next_page_token) = paging::split_page(rows, limit, |r| Cursor {
             at: r.occurred_at,
             id: r.id,
@@ -462,8 +461,10 @@ impl PlatformKeys {
         }
     }
 
+    /// Behind the breaker, like every read here: decrypted reads, live tests and the watch
+    /// stream's re-reads answer at once during an outage.
     async fn current(&self, spec: &Provider) -> Result<Current> {
-        let stored = store::current(&self.db, spec.id).await?;
+        let stored = crate::db::guarded(&self.db, store::current(&self.db, spec.id)).await?;
         let source = Source::of(stored.is_some(), self.env.get(spec.id).is_some());
         Ok(Current { source, stored })
     }

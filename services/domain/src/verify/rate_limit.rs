@@ -82,15 +82,19 @@ impl RateLimiter {
     /// Counts one request of `key_id` against `limit` in the current minute.
     pub async fn hit(&self, key_id: Uuid, limit: u32, now: i64) -> Window {
         let minute = now.div_euclid(60);
-        let count = match &self.redis {
+        let (count, counted) = match &self.redis {
             Some(shared) if !shared.down.load(Ordering::Acquire) => {
                 match shared.count(key_id, minute).await {
-                    Some(count) => count,
-                    None => self.local_count(key_id, minute),
+                    Some(count) => (count, "redis"),
+                    None => (self.local_count(key_id, minute), "replica_redis_failed"),
                 }
             }
-            _ => self.local_count(key_id, minute),
+            Some(_) => (self.local_count(key_id, minute), "replica_redis_down"),
+            None => (self.local_count(key_id, minute), "replica"),
         };
+        // Operators see where limits are counted; a `replica_redis_down` hit never waited for
+        // Redis.
+        crate::observe::rate_limit_count(counted);
         Window {
             allowed: count <= limit,
             limit,
