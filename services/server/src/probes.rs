@@ -26,10 +26,12 @@ pub fn router(db: DatabaseConnection) -> Router {
 /// ask, so the answer is only ready or not: why not (which database, which migration) goes to
 /// the log.
 async fn ready(State(db): State<DatabaseConnection>) -> Response {
-    let check = async {
+    // Behind the breaker, so that during an outage the answer is at once, not after the pool's
+    // acquire timeout (longer than a probe's usual timeout).
+    let check = db::guarded(&db, async {
         db.ping().await.map_err(keyhouse_domain::Error::from)?;
         db::ensure_schema_current(&db).await
-    };
+    });
     match check.await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(e) => {
