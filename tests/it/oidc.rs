@@ -344,15 +344,29 @@ async fn tokens_that_do_not_check_are_refused_over_grpc_and_rest() {
 async fn a_rotated_signing_key_is_picked_up_without_a_restart() {
     let mut provider = Provider::start().await;
     let server = keyhouse_for(&provider.issuer, 1).await;
+    // The same, but fetching keys at most once an hour.
+    let bounded = keyhouse_for(&provider.issuer, 3600).await;
     let before = provider.token("service-user", AUDIENCE).await;
-    assert_eq!(
-        list_keys(&server, &before).await,
-        (Code::Ok, StatusCode::OK)
-    );
+    for keyhouse in [&server, &bounded] {
+        assert_eq!(
+            list_keys(keyhouse, &before).await,
+            (Code::Ok, StatusCode::OK)
+        );
+    }
 
     provider.rotate().await;
     let after = provider.token("service-user", AUDIENCE).await;
     assert_ne!(part(&before, 0)["kid"], part(&after, 0)["kid"]);
+    // An unknown key id fetches the keys again only once the bound allows: within the hour, the
+    // new key is unknown there and the old one still checks.
+    assert_eq!(
+        list_keys(&bounded, &after).await,
+        (Code::Unauthenticated, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        list_keys(&bounded, &before).await,
+        (Code::Ok, StatusCode::OK)
+    );
     // The new key is fetched once the refresh bound (1 s here) allows.
     let mut answer = list_keys(&server, &after).await;
     for _ in 0..50 {
@@ -442,8 +456,10 @@ async fn bad_oidc_settings_refuse_to_start_naming_the_setting() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let err = keyhouse::serve(settings, listener, std::future::pending())
+        let served = keyhouse::serve(settings, listener, std::future::pending());
+        let err = tokio::time::timeout(Duration::from_secs(30), served)
             .await
+            .unwrap_or_else(|_| panic!("{setting}: served instead of refusing to start"))
             .expect_err("refuses to start");
         let text = format!("{err:#}");
         assert!(text.contains(setting), "{setting}: {text}");
