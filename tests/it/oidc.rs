@@ -29,6 +29,8 @@ struct Provider {
     issuer: String,
     /// The provider's current signing key, as `provider.mjs` describes it.
     keys: Value,
+    /// Kept open: a write to a closed pipe would end the provider.
+    _stdout: BufReader<std::process::ChildStdout>,
     _logs: TempDir,
 }
 
@@ -50,8 +52,8 @@ impl Provider {
                 .spawn()
                 .expect("node (Node.js 20) is needed for the OIDC tests");
             let mut line = String::new();
-            let stdout = child.stdout.take().expect("stdout");
-            BufReader::new(stdout).read_line(&mut line).expect("read");
+            let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+            stdout.read_line(&mut line).expect("read");
             let keys: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
                 let _ = child.kill();
                 panic!(
@@ -63,6 +65,7 @@ impl Provider {
                 child,
                 issuer: keys["issuer"].as_str().expect("issuer").to_owned(),
                 keys,
+                _stdout: stdout,
                 _logs: logs,
             }
         })
@@ -241,6 +244,11 @@ async fn a_token_from_the_issuer_lists_and_creates_keys_over_grpc_and_rest() {
         .expect("list")
         .into_inner();
     assert_eq!(as_session.keys.len(), 1);
+
+    // An ES256 token from the provider's P-256 key works too.
+    let es256 = provider.token("service-user-es256", AUDIENCE).await;
+    assert_eq!(part(&es256, 0)["alg"], "ES256");
+    assert_eq!(list_keys(&server, &es256).await, (Code::Ok, StatusCode::OK));
 
     // The admin role reaches the platform keys; the user role does not.
     let admin = provider.token("service-admin", AUDIENCE).await;
@@ -463,5 +471,48 @@ async fn bad_oidc_settings_refuse_to_start_naming_the_setting() {
             .expect_err("refuses to start");
         let text = format!("{err:#}");
         assert!(text.contains(setting), "{setting}: {text}");
+    }
+}
+
+/// The same refusals from the environment, as an operator sets them: `keyhouse serve` exits
+/// non-zero and its log names the variable.
+#[test]
+fn bad_oidc_variables_stop_keyhouse_serve_naming_the_variable() {
+    let cases: [(&str, &[(&str, &str)]); 2] = [
+        (
+            "KEYHOUSE_OIDC_ISSUER 'http://keycloak:8080/realms/ops' must be an https URL",
+            &[
+                ("KEYHOUSE_OIDC_ISSUER", "http://keycloak:8080/realms/ops"),
+                ("KEYHOUSE_OIDC_AUDIENCE", "keyhouse"),
+                ("KEYHOUSE_OIDC_USER_ROLES", "keyhouse-user"),
+            ],
+        ),
+        (
+            "KEYHOUSE_OIDC_AUDIENCE is set without KEYHOUSE_OIDC_ISSUER",
+            &[("KEYHOUSE_OIDC_AUDIENCE", "keyhouse")],
+        ),
+    ];
+    for (expected, vars) in cases {
+        let kh = vars
+            .iter()
+            .fold(crate::binary::Keyhouse::on_sqlite(), |kh, (name, value)| {
+                kh.env(name, value)
+            });
+        let mut child = kh.command(&["serve"]).spawn().expect("run keyhouse");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("keyhouse serve started with {vars:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success());
+        let log = kh.log_text();
+        assert!(log.contains(expected), "{expected}:\n{log}");
     }
 }

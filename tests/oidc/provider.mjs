@@ -9,7 +9,8 @@
 // the resource they ask for (`resource=`, the token's `aud`), with the client's roles under
 // `realm_access.roles` as Keycloak puts them:
 //   service-user → ["keyhouse-user"], service-admin → ["keyhouse-admin"],
-//   service-unmapped → ["billing-viewer"].
+//   service-unmapped → ["billing-viewer"], service-user-es256 → ["keyhouse-user"], signed ES256
+//   (every other client's tokens are RS256).
 //
 // POST /admin/rotate replaces the signing key (the old one leaves the JWKS) and answers the same
 // JSON as the first line. Usage: node provider.mjs [port]
@@ -20,6 +21,7 @@ import Provider from 'oidc-provider';
 
 const ROLES = {
   'service-user': ['keyhouse-user'],
+  'service-user-es256': ['keyhouse-user'],
   'service-admin': ['keyhouse-admin'],
   'service-unmapped': ['billing-viewer'],
 };
@@ -35,9 +37,15 @@ function newKey() {
   };
 }
 
+// A P-256 key beside the RSA one, for clients whose name ends in -es256; rotation leaves it.
+const ecKey = (() => {
+  const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  return { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), use: 'sig', alg: 'ES256' };
+})();
+
 function makeProvider(issuer, key) {
   const provider = new Provider(issuer, {
-    jwks: { keys: [key.jwk] },
+    jwks: { keys: [key.jwk, ecKey] },
     cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
     ttl: { ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 300 },
     clients: Object.keys(ROLES).map((id) => ({
@@ -53,12 +61,12 @@ function makeProvider(issuer, key) {
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
-        getResourceServerInfo: (_ctx, resource) => ({
+        getResourceServerInfo: (_ctx, resource, client) => ({
           scope: 'keys',
           audience: resource,
           accessTokenFormat: 'jwt',
           accessTokenTTL: 300,
-          jwt: { sign: { alg: 'RS256' } },
+          jwt: { sign: { alg: client.clientId.endsWith('-es256') ? 'ES256' : 'RS256' } },
         }),
       },
     },

@@ -467,6 +467,46 @@ mod tests {
         assert!(fetchable("id.example").is_err());
     }
 
+    fn oidc(role_claim: &str) -> Oidc {
+        let settings = OidcSettings {
+            issuer: Some("https://id.example/realms/ops".into()),
+            audience: Some("keyhouse".into()),
+            role_claim: role_claim.into(),
+            admin_roles: vec!["kh-admin".into()],
+            user_roles: vec!["kh-user".into(), "dev".into()],
+            ..OidcSettings::default()
+        };
+        settings.build().expect("valid").expect("configured")
+    }
+
+    #[test]
+    fn the_role_claim_is_a_path_to_a_string_or_a_list() {
+        let nested = oidc("realm_access.roles");
+        let role = |claims: serde_json::Value| nested.role(&claims);
+        assert_eq!(
+            role(serde_json::json!({"realm_access": {"roles": ["x", "dev"]}})),
+            Some(Role::User)
+        );
+        assert_eq!(
+            role(serde_json::json!({"realm_access": {"roles": ["dev", "kh-admin"]}})),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            role(serde_json::json!({"realm_access": {"roles": ["billing"]}})),
+            None
+        );
+        assert_eq!(role(serde_json::json!({"roles": ["kh-admin"]})), None);
+        assert_eq!(
+            role(serde_json::json!({"realm_access": {"roles": {"kh-admin": true}}})),
+            None
+        );
+        let flat = oidc("role");
+        assert_eq!(
+            flat.role(&serde_json::json!({"role": "kh-admin"})),
+            Some(Role::Admin)
+        );
+    }
+
     #[test]
     fn jwts_are_three_parts() {
         assert!(is_jwt("a.b.c"));
