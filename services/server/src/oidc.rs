@@ -290,12 +290,17 @@ impl Oidc {
     async fn key(&self, kid: &str) -> Result<Option<(DecodingKey, Option<Algorithm>)>> {
         let known = |keys: &Keys| keys.by_kid.get(kid).cloned();
         let current = self.keys();
-        let mut last = match (known(&current), self.0.fetch.try_lock()) {
-            (Some(key), _) if !current.stale() => return Ok(Some(key)),
-            (None, Err(_)) => self.0.fetch.lock().await,
+        let known_now = known(&current);
+        if let Some(key) = &known_now
+            && !current.stale()
+        {
+            return Ok(Some(key.clone()));
+        }
+        let mut last = match (known_now, self.0.fetch.try_lock()) {
+            (_, Ok(last)) => last,
             // A known key keeps serving while another call refreshes the old set.
             (Some(key), Err(_)) => return Ok(Some(key)),
-            (_, Ok(last)) => last,
+            (None, Err(_)) => self.0.fetch.lock().await,
         };
         // Another call may have fetched while this one waited.
         let current = self.keys();
@@ -319,7 +324,11 @@ impl Oidc {
                 Ok(known(&keys))
             }
             Err(why) => {
-                tracing::warn!(issuer = %self.0.issuer, error = %why, "fetching the OIDC issuer's keys failed");
+                tracing::warn!(
+                    issuer = %self.0.issuer,
+                    error = %why,
+                    "fetching the OIDC issuer's keys failed"
+                );
                 // Keys already fetched still check tokens while the issuer is away.
                 match known(&current) {
                     Some(key) => Ok(Some(key)),
