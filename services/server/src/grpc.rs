@@ -51,8 +51,8 @@ pub fn status(err: Error) -> tonic::Status {
 }
 
 /// Resolves the caller of gRPC (and grpc-web, and REST, which calls the gRPC methods): a
-/// session, and where the authorization table allows it, a user API key as the credential of
-/// its owner or an internal service's token.
+/// session or an OIDC bearer token, and where the authorization table allows it, a user API key
+/// as the credential of its owner or an internal service's token.
 #[derive(Clone)]
 pub struct Authenticator {
     db: DatabaseConnection,
