@@ -82,6 +82,14 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("privileged container port", {"containerPort": 80}),
     ("CORS origin with a path", {"config": {"corsOrigins": ["https://ops.example.com/app"]}}),
     ("outbound allowed network that is not a CIDR", {"config": {"outboundAllowedNetworks": ["internal.example.com"]}}),
+    ("OIDC issuer over plain http", {"config": {"oidc": {"issuer": "http://keycloak:8080/realms/ops"}}}),
+    ("OIDC role claim that is no dotted path", {"config": {"oidc": {"roleClaim": "realm_access..roles"}}}),
+    ("OIDC issuer without an audience (template check)",
+     {"config": {"oidc": {"issuer": "https://sso.example.com/realms/ops", "userRoles": ["keyhouse-user"]}}},
+     "config.oidc.audience"),
+    ("OIDC issuer with no role mapped (template check)",
+     {"config": {"oidc": {"issuer": "https://sso.example.com/realms/ops", "audience": "keyhouse"}}},
+     "config.oidc.userRoles"),
     ("DATABASE_URL that is not PostgreSQL", {"secret": {"databaseUrl": "mysql://u:p@db/keyhouse"}}),
     ("malformed Fernet key", {"secret": {"encryptionKeys": "not-a-fernet-key"}}),
     ("ingress host that is not a DNS name", {"ingress": {"hosts": ["Keyhouse_Example.com"]}}),
@@ -351,6 +359,9 @@ def wiring_problems(docs: list[dict], values: dict) -> list[str]:
                     p.append(f"Deployment {name}: {var} is not read from a Secret")
             if env.get("KEYHOUSE_LOG_FORMAT", {}).get("value") != values["config"]["logFormat"]:
                 p.append(f"Deployment {name}: KEYHOUSE_LOG_FORMAT is not the configured one")
+            oidc = values["config"].get("oidc") or {}
+            if env.get("KEYHOUSE_OIDC_ISSUER", {}).get("value", "") != oidc.get("issuer", ""):
+                p.append(f"Deployment {name}: KEYHOUSE_OIDC_ISSUER is not the configured issuer")
             for probe, service in (("livenessProbe", ""), ("readinessProbe", GRPC_SERVICE.get(component))):
                 if not values["probes"][probe.replace("Probe", "")]["enabled"]:
                     continue

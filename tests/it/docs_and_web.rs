@@ -163,34 +163,10 @@ fn the_checked_in_openapi_document_passes_an_established_validator() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid OpenAPI 3.1.0"));
 }
 
-/// The grpc-web client with its npm packages, installed once per lockfile into the build's
-/// scratch directory (never into the source tree).
+/// The grpc-web client beside its npm packages (`support::npm_installed`).
 fn grpc_web_client() -> &'static std::path::Path {
-    use sha2::Digest as _;
     static READY: OnceLock<std::path::PathBuf> = OnceLock::new();
-    READY.get_or_init(|| {
-        let source = repo_root().join("tests/grpc-web");
-        let lock = std::fs::read(source.join("package-lock.json")).expect("package-lock.json");
-        let key = hex::encode(&sha2::Sha256::digest(&lock)[..8]);
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("grpc-web-{key}"));
-        if !dir.join(".installed").exists() {
-            std::fs::create_dir_all(&dir).expect("scratch directory");
-            for file in ["package.json", "package-lock.json"] {
-                std::fs::copy(source.join(file), dir.join(file)).expect("copy");
-            }
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&dir)
-                .status()
-                .expect("npm (Node.js 20) is needed for the grpc-web test");
-            assert!(status.success(), "npm ci for the grpc-web client failed");
-            std::fs::write(dir.join(".installed"), b"").expect("marker");
-        }
-        // The script beside its packages, so that Node resolves them; copied on every run so
-        // that an edit to it is what runs.
-        std::fs::copy(source.join("client.mjs"), dir.join("client.mjs")).expect("copy");
-        dir.join("client.mjs")
-    })
+    READY.get_or_init(|| crate::support::npm_installed("grpc-web").join("client.mjs"))
 }
 
 async fn a_grpc_web_client_from_npm_creates_and_lists_keys(backend: Backend) {

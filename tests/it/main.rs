@@ -17,6 +17,7 @@ mod helm;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod oidc;
 mod outbound;
 mod overload;
 mod platform_keys;

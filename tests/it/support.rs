@@ -118,6 +118,42 @@ async fn admin_connection() -> DatabaseConnection {
     })
 }
 
+/// The npm packages of `tests/<folder>` (its `package.json` and `package-lock.json`), installed
+/// with `npm ci` once per lockfile into the build's scratch directory, never into the source
+/// tree; the folder's scripts (`*.mjs`) are copied beside them on every call, so that Node
+/// resolves the packages and an edit to a script is what runs. Returns that directory. Callers
+/// call it once per process (behind a `OnceLock`): concurrent installs would race.
+pub fn npm_installed(folder: &str) -> std::path::PathBuf {
+    use sha2::Digest as _;
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests")
+        .join(folder);
+    let lock = std::fs::read(source.join("package-lock.json")).expect("package-lock.json");
+    let key = hex::encode(&sha2::Sha256::digest(&lock)[..8]);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{folder}-{key}"));
+    if !dir.join(".installed").exists() {
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(source.join(file), dir.join(file)).expect("copy");
+        }
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("npm (Node.js 20) is needed for tests/{folder}: {e}"));
+        assert!(status.success(), "npm ci for tests/{folder} failed");
+        std::fs::write(dir.join(".installed"), b"").expect("marker");
+    }
+    for entry in std::fs::read_dir(&source).expect("read the folder") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "mjs") {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
+
 /// A temporary directory, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 

@@ -188,6 +188,32 @@ true
 - name: KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS
   value: {{ join "," . | quote }}
 {{- end }}
+{{- with $v.config.oidc }}
+{{- if .issuer }}
+{{- if not .audience }}
+{{- fail "config.oidc.audience is required with config.oidc.issuer: the \"aud\" of tokens meant for keyhouse" }}
+{{- end }}
+{{- if not (or .adminRoles .userRoles) }}
+{{- fail "config.oidc.userRoles (or config.oidc.adminRoles) must name a role when config.oidc.issuer is set: otherwise no token gets access" }}
+{{- end }}
+- name: KEYHOUSE_OIDC_ISSUER
+  value: {{ .issuer | quote }}
+- name: KEYHOUSE_OIDC_AUDIENCE
+  value: {{ .audience | quote }}
+- name: KEYHOUSE_OIDC_ROLE_CLAIM
+  value: {{ .roleClaim | quote }}
+{{- with .adminRoles }}
+- name: KEYHOUSE_OIDC_ADMIN_ROLES
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with .userRoles }}
+- name: KEYHOUSE_OIDC_USER_ROLES
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: KEYHOUSE_OIDC_JWKS_REFRESH_SECS
+  value: {{ .jwksRefreshSecs | int | toString | quote }}
+{{- end }}
+{{- end }}
 {{- with $v.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}

@@ -13,6 +13,7 @@ use keyhouse_domain::{db, duration};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
+use crate::oidc::Oidc;
 use crate::router::{self, Services};
 use crate::session_cache::SessionCache;
 use crate::settings::ServerSettings;
@@ -39,6 +40,9 @@ pub struct Context {
     pub ring: KeyRing,
     /// Shared by every service's `Authenticator`.
     pub sessions: SessionCache,
+    /// The OIDC issuer whose bearer tokens are accepted, if one is configured; one key cache
+    /// shared by every service's `Authenticator`.
+    pub oidc: Option<Oidc>,
 }
 
 /// A service a binary can serve: it builds itself on the context and adds its gRPC service,
@@ -98,6 +102,7 @@ async fn start(
     mounts: &[&dyn Mount],
 ) -> anyhow::Result<(Context, Services)> {
     settings.domain.keys.validate()?;
+    let oidc = settings.oidc.build()?;
     // Secrets are encrypted with the ring: refuse to start without one, not at first use.
     let ring = match deployment {
         Deployment::Embedded => key_file::key_ring(&settings.domain, true)?,
@@ -124,6 +129,7 @@ async fn start(
         feed,
         ring,
         sessions,
+        oidc,
     };
     for mount in mounts {
         mount.mount(&ctx, &mut services).await?;

@@ -15,6 +15,7 @@ use sea_orm::DatabaseConnection;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::{self, ServiceTokens};
+use crate::oidc::{self, Oidc};
 use crate::session_cache::SessionCache;
 
 /// The largest request message a service decodes, the same as the REST body limit: larger ones
@@ -50,14 +51,15 @@ pub fn status(err: Error) -> tonic::Status {
 }
 
 /// Resolves the caller of gRPC (and grpc-web, and REST, which calls the gRPC methods): a
-/// session, and where the authorization table allows it, a user API key as the credential of
-/// its owner or an internal service's token.
+/// session or an OIDC bearer token, and where the authorization table allows it, a user API key
+/// as the credential of its owner or an internal service's token.
 #[derive(Clone)]
 pub struct Authenticator {
     db: DatabaseConnection,
     sessions: SessionCache,
     api_keys: Option<Verifier>,
     services: ServiceTokens,
+    oidc: Option<Oidc>,
 }
 
 impl Authenticator {
@@ -68,6 +70,7 @@ impl Authenticator {
             sessions,
             api_keys: None,
             services: ServiceTokens::default(),
+            oidc: None,
         }
     }
 
@@ -82,6 +85,11 @@ impl Authenticator {
     /// Also internal services' tokens, where a row allows them.
     pub fn with_service_tokens(self, services: ServiceTokens) -> Self {
         Self { services, ..self }
+    }
+
+    /// Also bearer JWTs from the configured OIDC issuer (see `oidc`).
+    pub fn with_oidc(self, oidc: Option<Oidc>) -> Self {
+        Self { oidc, ..self }
     }
 
     /// The caller of `service`'s `method`, as its row in the authorization table allows.
@@ -146,6 +154,15 @@ impl Authenticator {
 
     pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, tonic::Status> {
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+        if let Some(oidc) = &self.oidc
+            && let Some(jwt) = auth::bearer(text("authorization")).filter(|t| oidc::is_jwt(t))
+        {
+            return Ok(Caller {
+                principal: oidc.principal(jwt).await.map_err(status)?,
+                request_id: auth::request_id(text("x-request-id")),
+                via_key: None,
+            });
+        }
         let token = auth::session_token(text("authorization"), text("cookie"))
             .ok_or_else(|| status(Error::Unauthenticated(AuthFailure::NoToken)))?;
         if token.starts_with(api_key::PREFIX) {

@@ -12,6 +12,7 @@ pub mod docs;
 pub mod grpc;
 pub mod key_file;
 pub mod metrics;
+pub mod oidc;
 mod probes;
 pub mod request_name;
 pub mod rest;

@@ -1,10 +1,13 @@
 //! A server binary's settings: where to listen, who may call from a browser, which internal
-//! services hold tokens, how to log, and the domain's own settings flattened in. Environment
-//! first, flags second; every default is in the README's configuration table.
+//! services hold tokens, whose OIDC tokens count, how to log, and the domain's own settings
+//! flattened in. Environment first, flags second; every default is in the README's configuration
+//! table.
 
 use std::net::SocketAddr;
 
 use keyhouse_domain::config::{SessionPolicy, Settings};
+
+use crate::oidc::OidcSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8084";
 
@@ -41,6 +44,9 @@ pub struct ServerSettings {
 
     #[command(flatten)]
     pub sessions: SessionPolicy,
+
+    #[command(flatten)]
+    pub oidc: OidcSettings,
 
     /// The most client connections served at once; further clients wait to be accepted.
     #[arg(
@@ -98,6 +104,7 @@ impl ServerSettings {
             session_cache_secs: 5,
             session_purge_secs: 300,
             sessions: SessionPolicy::default(),
+            oidc: OidcSettings::default(),
             max_connections: 10_000,
             header_read_timeout_secs: 10,
             max_connection_age_secs: 0,

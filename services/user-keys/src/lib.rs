@@ -79,7 +79,8 @@ impl UserKeyGrpc {
             ),
             auth: Authenticator::new(db.clone(), ctx.sessions.clone())
                 .with_api_keys(verifier.clone())
-                .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?),
+                .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?)
+                .with_oidc(ctx.oidc.clone()),
             verify_rule: authorization::rule(SERVICE_NAME, "VerifyKey")?,
             keys: UserKeys::new(
                 db.clone(),
