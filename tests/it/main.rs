@@ -17,6 +17,7 @@ mod helm;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod ops_center;
 mod outbound;
 mod overload;
 mod platform_keys;

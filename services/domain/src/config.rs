@@ -334,20 +334,40 @@ pub const OPS_CENTER_USER_GROUPS_VAR: &str = "KEYHOUSE_OPS_CENTER_USER_GROUPS";
 pub struct OpsCenterSessions {
     /// Ops-Center's session Redis (`redis://[:password@]host:port/db`); unset, only keyhouse's
     /// own sessions sign in.
-    #[arg(long, env = OPS_CENTER_REDIS_URL_VAR, hide_env_values = true)]
+    #[arg(
+        long = "ops-center-session-redis-url",
+        id = "ops_center_session_redis_url",
+        env = OPS_CENTER_REDIS_URL_VAR,
+        hide_env_values = true
+    )]
     pub redis_url: Option<Secret>,
 
     /// The prefix of Ops-Center's session keys in that Redis.
-    #[arg(long, env = OPS_CENTER_PREFIX_VAR, default_value = "session:")]
+    #[arg(
+        long = "ops-center-session-prefix",
+        id = "ops_center_session_prefix",
+        env = OPS_CENTER_PREFIX_VAR,
+        default_value = "session:"
+    )]
     pub prefix: String,
 
     /// Groups or realm roles that make an Ops-Center user without a `role` an admin
     /// (comma-separated, compared exactly).
-    #[arg(long, env = OPS_CENTER_ADMIN_GROUPS_VAR, value_delimiter = ',')]
+    #[arg(
+        long = "ops-center-admin-groups",
+        id = "ops_center_admin_groups",
+        env = OPS_CENTER_ADMIN_GROUPS_VAR,
+        value_delimiter = ','
+    )]
     pub admin_groups: Vec<String>,
 
     /// Groups or realm roles that make an Ops-Center user without a `role` a user.
-    #[arg(long, env = OPS_CENTER_USER_GROUPS_VAR, value_delimiter = ',')]
+    #[arg(
+        long = "ops-center-user-groups",
+        id = "ops_center_user_groups",
+        env = OPS_CENTER_USER_GROUPS_VAR,
+        value_delimiter = ','
+    )]
     pub user_groups: Vec<String>,
 }
 
