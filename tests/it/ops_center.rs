@@ -478,6 +478,9 @@ async fn a_redis_outage_answers_unavailable_and_leaves_keyhouse_sessions_working
     );
 }
 
+/// What makes good settings bad.
+type Spoil = fn(&mut ServerSettings);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ops_center_settings_refuse_to_start_naming_the_setting() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -487,7 +490,7 @@ async fn bad_ops_center_settings_refuse_to_start_naming_the_setting() {
         keyhouse_domain::crypto::fernet_ring::KeyRing::generate_key(),
     ));
     ops.configure(&mut good);
-    let cases: [(&str, fn(&mut ServerSettings), &[&str]); 4] = [
+    let cases: [(&str, Spoil, &[&str]); 4] = [
         (
             "not a Redis URL",
             |s| s.ops_center.redis_url = Some(Secret::new("http://127.0.0.1:6379")),
