@@ -48,14 +48,6 @@ impl Sessions {
         })
     }
 
-    /// Keyhouse's own sessions only.
-    pub fn embedded(db: DatabaseConnection) -> Self {
-        Self {
-            db,
-            ops_center: None,
-        }
-    }
-
     /// The session `token` names, or `Unauthenticated`; `PermissionDenied` for an Ops-Center
     /// user whose role and groups map to nothing; `Unavailable` when the store that holds it
     /// cannot answer.
