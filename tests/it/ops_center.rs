@@ -22,7 +22,7 @@ const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 const ADMIN_GROUP: &str = "ops-center-admin";
 const USER_GROUP: &str = "keyhouse-users";
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("KEYHOUSE_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned())
 }
 
