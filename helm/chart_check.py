@@ -109,6 +109,13 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("native gRPC Ingress without TLS (template check)",
      {"ingress": {"enabled": True, "includeAdminPaths": True, "grpc": {"enabled": True}}}, "ingress.tls"),
     ("rotation Job without a database or keys (template check)", {"rotation": {"enabled": True}}),
+    ("Ops-Center session Redis URL that is not redis://",
+     {"secret": {"opsCenterSessionRedisUrl": "http://redis.cache.svc:6379"}}),
+    ("Ops-Center admin group holding a comma", {"config": {"opsCenter": {"adminGroups": ["admins,ops"]}}}),
+    ("empty Ops-Center session key prefix", {"config": {"opsCenter": {"sessionPrefix": ""}}}),
+    ("Ops-Center group given both roles (template check)",
+     {"config": {"opsCenter": {"adminGroups": ["ops"], "userGroups": ["ops"]}}},
+     "config.opsCenter.userGroups"),
 ]
 
 

@@ -1910,6 +1910,10 @@ pub struct AuditEvent {
     /// The `uc_` key that authenticated the call, when a key (not a session) did; else empty.
     #[prost(string, tag = "8")]
     pub via_key_id: ::prost::alloc::string::String,
+    /// Where the actor's identity came from: `session` (keyhouse's own), `ops_center_session`,
+    /// `oidc`, `service_token` or `api_key`; empty on events recorded before keyhouse kept it.
+    #[prost(string, tag = "9")]
+    pub identity_source: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListAuditEventsResponse {

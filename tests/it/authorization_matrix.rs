@@ -13,7 +13,11 @@
 //! - `key_without_scope`: alice's key holding only `llm:inference`; `key_with_scope`: alice's key
 //!   holding only the row's scope (every scope where the row names none);
 //! - `key_revoked`: alice's revoked key with every scope; `key_ip_limited`: alice's key with
-//!   every scope, allowed only from a network the test never calls from.
+//!   every scope, allowed only from a network the test never calls from;
+//! - `ops_center_user`: alice signed in through Ops-Center (a session in its Redis, role
+//!   `viewer`); `ops_center_admin`: an admin signed in through Ops-Center (no `role`, a Keycloak
+//!   realm role the operator maps to admins); `ops_center_no_role`: an Ops-Center user whose
+//!   groups map to nothing.
 //!
 //! Over REST a code is the status `RestError` gives it, and OK is any 2xx.
 
@@ -31,6 +35,7 @@ use sha2::Digest;
 use tonic::Code;
 
 use crate::on_both_databases;
+use crate::ops_center::OpsCenter;
 use crate::support::{Backend, TestServer};
 
 on_both_databases!(every_rpc_answers_every_caller_as_the_matrix_says_and_a_refusal_changes_nothing);
@@ -56,10 +61,13 @@ enum Caller {
     KeyWithScope,
     KeyRevoked,
     KeyIpLimited,
+    OpsCenterUser,
+    OpsCenterAdmin,
+    OpsCenterNoRole,
 }
 
 /// The file's caller columns, in order.
-const CALLERS: [(&str, Caller); 12] = [
+const CALLERS: [(&str, Caller); 15] = [
     ("anonymous", Caller::Anonymous),
     ("bad_token", Caller::BadToken),
     ("expired_session", Caller::ExpiredSession),
@@ -72,6 +80,9 @@ const CALLERS: [(&str, Caller); 12] = [
     ("key_with_scope", Caller::KeyWithScope),
     ("key_revoked", Caller::KeyRevoked),
     ("key_ip_limited", Caller::KeyIpLimited),
+    ("ops_center_user", Caller::OpsCenterUser),
+    ("ops_center_admin", Caller::OpsCenterAdmin),
+    ("ops_center_no_role", Caller::OpsCenterNoRole),
 ];
 
 impl Caller {
@@ -276,6 +287,7 @@ fn checked_matrix() -> Vec<Row> {
 struct World {
     server: TestServer,
     _provider: crate::stub::Provider,
+    ops_center: OpsCenterCallers,
     alice: String,
     bob: String,
     admin: String,
@@ -283,6 +295,13 @@ struct World {
     revoked: String,
     bad: String,
     keys: Keys,
+}
+
+/// Session tokens in Ops-Center's Redis, one per kind of Ops-Center caller.
+struct OpsCenterCallers {
+    alice: String,
+    admin: String,
+    no_role: String,
 }
 
 /// Alice's `uc_` keys, one per kind of key caller.
@@ -374,7 +393,25 @@ impl World {
         let provider = crate::stub::Provider::start(ALICE_OPENAI).await;
         let url = provider.url.clone();
         let digest = hex::encode(sha2::Sha256::digest(GATEWAY_TOKEN.as_bytes()));
+        let ops = OpsCenter::new().await;
+        // Longer than the test runs.
+        let day = 86_400;
+        let ops_center = OpsCenterCallers {
+            alice: ops
+                .login(json!({ "user_id": "alice", "role": "viewer" }), day)
+                .await,
+            admin: ops
+                .login(
+                    json!({ "sub": "ops-root", "realm_access": { "roles": ["ops-center-admin"] } }),
+                    day,
+                )
+                .await,
+            no_role: ops
+                .login(json!({ "user_id": "alice", "groups": ["admins"] }), day)
+                .await,
+        };
         let server = TestServer::start_with(backend, move |s| {
+            ops.configure(s);
             s.service_tokens = vec![format!("gateway={digest}")];
             s.domain.provider_base_urls = vec![format!("openai={url}")];
             // Usage is written in the background: a write between two snapshots would be
@@ -462,6 +499,7 @@ impl World {
         Self {
             server,
             _provider: provider,
+            ops_center,
             alice,
             bob,
             admin,
@@ -497,6 +535,9 @@ impl World {
             },
             Caller::KeyRevoked => &keys.revoked,
             Caller::KeyIpLimited => &keys.ip_limited,
+            Caller::OpsCenterUser => &self.ops_center.alice,
+            Caller::OpsCenterAdmin => &self.ops_center.admin,
+            Caller::OpsCenterNoRole => &self.ops_center.no_role,
         };
         Some(token.to_owned())
     }

@@ -421,6 +421,7 @@ async fn only_service_tokens_get_a_users_key(backend: Backend) {
         (events[0].actor.as_str(), events[0].target.as_str()),
         ("service:gateway", "alice/groq")
     );
+    assert_eq!(events[0].identity_source.as_deref(), Some("service_token"));
     assert!(!events[0].details.to_string().contains("gsk_alice"));
 }
 

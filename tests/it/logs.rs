@@ -1,7 +1,8 @@
 //! The real `keyhouse` binary at trace level, called on every RPC over gRPC and on every REST
 //! path, the refusals included (a malformed key, a forged key, a refused provider key, an API key
-//! or a session where neither belongs, the service-token hand-out): the log must hold none of the
-//! secrets the calls created or sent, nor the encryption key, nor a stored ciphertext.
+//! or a session where neither belongs, the service-token hand-out, Ops-Center sessions from Redis,
+//! one of them malformed): the log must hold none of the secrets the calls created or sent, nor the
+//! encryption key, nor a stored ciphertext.
 
 use keyhouse_domain::crypto::api_key::ApiKey;
 use keyhouse_domain::crypto::fernet_ring::KeyRing;
@@ -101,6 +102,23 @@ async fn every_rpc_and_rest_path_at_trace_level_logs_no_secret(backend: Backend)
         let digest = hex::encode(sha2::Sha256::digest(service_token.as_bytes()));
         kh = kh.env("KEYHOUSE_SERVICE_TOKENS", &format!("gateway={digest}"));
     }
+    // Ops-Center's sessions too: one that signs in, and one whose value is refused (and logged).
+    let ops = crate::ops_center::OpsCenter::new().await;
+    kh = kh
+        .env(
+            "KEYHOUSE_OPS_CENTER_SESSION_REDIS_URL",
+            &crate::ops_center::redis_url(),
+        )
+        .env("KEYHOUSE_OPS_CENTER_SESSION_PREFIX", &ops.prefix);
+    let ops_session = secrets.add(
+        "an Ops-Center session token",
+        &ops.login(json!({ "user_id": "olivia", "role": "viewer" }), 600)
+            .await,
+    );
+    let ops_malformed = secrets.add(
+        "a malformed Ops-Center session's token",
+        &ops.put("{\"user\": ", 600).await,
+    );
     let token = secrets.add("the user's session token", &kh.session("alice", "user"));
     let admin = secrets.add("the admin's session token", &kh.session("root", "admin"));
     let unknown_session = secrets.add(
@@ -667,6 +685,19 @@ async fn every_rpc_and_rest_path_at_trace_level_logs_no_secret(backend: Backend)
         ),
         Code::Ok
     );
+    for (session, expected) in [
+        (&ops_session, Code::Ok),
+        (&ops_malformed, Code::Unauthenticated),
+    ] {
+        assert_eq!(
+            code(
+                users(session)
+                    .list_keys(pb::ListKeysRequest::default())
+                    .await
+            ),
+            expected
+        );
+    }
     binary::stop(server).await;
 
     let text = kh.log_text();
@@ -678,6 +709,7 @@ async fn every_rpc_and_rest_path_at_trace_level_logs_no_secret(backend: Backend)
         "API key created",
         "API key regenerated",
         "platform key decrypted",
+        "an Ops-Center session in Redis is not JSON",
     ] {
         assert!(text.contains(line), "the log covers the calls: no {line:?}");
     }

@@ -197,6 +197,7 @@ async fn a_key_cannot_mint_or_regenerate_a_stronger_key(backend: Backend) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].via_key_id, narrow.key_id);
     assert_eq!(events[0].actor, "alice");
+    assert_eq!(events[0].identity_source, "api_key");
     let by_session = server
         .platform_client(Some(&admin))
         .await
@@ -210,6 +211,7 @@ async fn a_key_cannot_mint_or_regenerate_a_stronger_key(backend: Backend) {
         .into_inner()
         .events;
     assert_eq!(by_session[0].via_key_id, "", "a session acted, not a key");
+    assert_eq!(by_session[0].identity_source, "session");
     let res = server
         .http()
         .get(server.rest(&format!(
@@ -223,6 +225,7 @@ async fn a_key_cannot_mint_or_regenerate_a_stronger_key(backend: Backend) {
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.expect("JSON");
     assert_eq!(body[0]["via_key_id"], json!(narrow.key_id));
+    assert_eq!(body[0]["identity_source"], json!("api_key"));
 }
 
 /// What a refused call must not change: every key's stored secret and limits, and the audit

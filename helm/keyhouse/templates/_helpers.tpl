@@ -164,6 +164,30 @@ true
       key: {{ $v.secret.keys.redisUrl }}
       optional: {{ if $v.secret.existingSecret }}true{{ else }}false{{ end }}
 {{- end }}
+{{- if or $v.secret.existingSecret $v.secret.opsCenterSessionRedisUrl }}
+- name: KEYHOUSE_OPS_CENTER_SESSION_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ $v.secret.keys.opsCenterSessionRedisUrl }}
+      optional: {{ if $v.secret.existingSecret }}true{{ else }}false{{ end }}
+{{- end }}
+{{- $oc := $v.config.opsCenter }}
+{{- range $g := $oc.adminGroups }}
+{{- if has $g $oc.userGroups }}
+{{- fail (printf "config.opsCenter.userGroups: the group %q is in config.opsCenter.adminGroups too; name it in one" $g) }}
+{{- end }}
+{{- end }}
+- name: KEYHOUSE_OPS_CENTER_SESSION_PREFIX
+  value: {{ $oc.sessionPrefix | quote }}
+{{- with $oc.adminGroups }}
+- name: KEYHOUSE_OPS_CENTER_ADMIN_GROUPS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $oc.userGroups }}
+- name: KEYHOUSE_OPS_CENTER_USER_GROUPS
+  value: {{ join "," . | quote }}
+{{- end }}
 - name: KEYHOUSE_LOG_FORMAT
   value: {{ $v.config.logFormat | quote }}
 {{- with $v.config.logFilter }}

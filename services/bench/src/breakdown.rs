@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use keyhouse_domain::caller::{Caller, Principal, Role};
+use keyhouse_domain::caller::{Caller, IdentitySource, Principal, Role};
 use keyhouse_domain::crypto::session_token;
 use keyhouse_domain::storage::{audit, platform_keys, sessions, user_keys};
 use keyhouse_proto::v1 as pb;
@@ -96,6 +96,7 @@ pub async fn run(server: &Server, owner: &str, user: &str, admin: &str) -> anyho
             email: String::new(),
             role: Role::Admin,
         },
+        source: IdentitySource::Session,
         request_id: "bench".into(),
         via_key: None,
     };

@@ -1,6 +1,8 @@
 //! Who may call what: one row per RPC, one column per kind of caller. The services read the
 //! scope an API key needs from here, the README's authorization table is checked against it,
-//! and an RPC without a row fails the tests.
+//! and an RPC without a row fails the tests. A session is judged by its role alone, wherever it
+//! came from (keyhouse's own table or Ops-Center's Redis); a session whose Ops-Center role and
+//! groups map to no role reaches nothing.
 
 /// What a signed-in caller may reach through an RPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,9 +32,10 @@ pub struct Rule {
     pub rpc: &'static str,
     /// No credential at all: the request carries its own proof (VerifyKey's key).
     pub anonymous: bool,
-    /// A session of a user (Ops-Center roles user, viewer).
+    /// A session of a user: keyhouse's own with role user, or Ops-Center's with role
+    /// power_user, user or viewer (or a group the operator maps to users).
     pub user: Reach,
-    /// A session of an admin.
+    /// A session of an admin: keyhouse's own, or Ops-Center's with role admin (or an admin group).
     pub admin: Reach,
     /// A `uc_` API key acting for its owner, when it holds this scope; `None` refuses keys.
     pub api_key_scope: Option<&'static str>,
@@ -134,7 +137,7 @@ pub fn rule(service: &str, method: &str) -> crate::Result<&'static Rule> {
 /// The table as Markdown, as the README shows it.
 pub fn markdown() -> String {
     let mut out = String::from(
-        "| RPC | no credential | user session | admin session | `uc_` key (its owner's, with scope) | service token |\n|---|---|---|---|---|---|\n",
+        "| RPC | no credential | user (keyhouse or Ops-Center session) | admin (keyhouse or Ops-Center session) | `uc_` key (its owner's, with scope) | service token |\n|---|---|---|---|---|---|\n",
     );
     let yes = |b: bool| if b { "yes" } else { "no" };
     for r in TABLE {

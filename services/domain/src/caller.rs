@@ -1,6 +1,7 @@
-//! Who is calling, as every capability sees it: a principal with a role, and the request id
-//! that ties the call's log lines and audit events together. How a caller is authenticated
-//! (sessions, keys, service tokens) is the server's business; the domain only receives the result.
+//! Who is calling, as every capability sees it: a principal with a role, where that identity came
+//! from, and the request id that ties the call's log lines and audit events together. Every kind
+//! of credential resolves to this one type; how the credential is read from a request is the
+//! server's business (`identity` resolves session tokens for it).
 
 use std::fmt;
 
@@ -63,11 +64,47 @@ pub struct KeyBounds {
     pub allowed: Option<Vec<IpNet>>,
 }
 
-/// An authenticated request: who, the key it came through if any, and the id that ties its log
-/// lines and audit events together.
+/// Where a caller's identity came from: recorded on every audit event, so an action can be traced
+/// back to the kind of credential behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// A session in keyhouse's own table (`keyhouse session create`).
+    Session,
+    /// A session Ops-Center's login keeps in Redis.
+    OpsCenterSession,
+    /// A bearer token from an OpenID provider.
+    Oidc,
+    /// An internal service's token (`KEYHOUSE_SERVICE_TOKENS`).
+    ServiceToken,
+    /// A `uc_` key acting for its owner.
+    ApiKey,
+}
+
+impl IdentitySource {
+    /// The name stored on audit events and shown by ListAuditEvents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySource::Session => "session",
+            IdentitySource::OpsCenterSession => "ops_center_session",
+            IdentitySource::Oidc => "oidc",
+            IdentitySource::ServiceToken => "service_token",
+            IdentitySource::ApiKey => "api_key",
+        }
+    }
+}
+
+impl fmt::Display for IdentitySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated request: who, where that identity came from, the key it came through if
+/// any, and the id that ties its log lines and audit events together.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: Principal,
+    pub source: IdentitySource,
     pub request_id: String,
     /// Set when a `uc_` key, not a session, authenticated the call.
     pub via_key: Option<KeyBounds>,

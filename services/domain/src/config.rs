@@ -323,3 +323,61 @@ mod tests {
         );
     }
 }
+
+pub const OPS_CENTER_REDIS_URL_VAR: &str = "KEYHOUSE_OPS_CENTER_SESSION_REDIS_URL";
+pub const OPS_CENTER_PREFIX_VAR: &str = "KEYHOUSE_OPS_CENTER_SESSION_PREFIX";
+pub const OPS_CENTER_ADMIN_GROUPS_VAR: &str = "KEYHOUSE_OPS_CENTER_ADMIN_GROUPS";
+pub const OPS_CENTER_USER_GROUPS_VAR: &str = "KEYHOUSE_OPS_CENTER_USER_GROUPS";
+
+/// Sign-in through Ops-Center's login: its sessions are read (never written) in its Redis.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OpsCenterSessions {
+    /// Ops-Center's session Redis (`redis://[:password@]host:port/db`); unset, only keyhouse's
+    /// own sessions sign in.
+    #[arg(
+        long = "ops-center-session-redis-url",
+        id = "ops_center_session_redis_url",
+        env = OPS_CENTER_REDIS_URL_VAR,
+        hide_env_values = true
+    )]
+    pub redis_url: Option<Secret>,
+
+    /// The prefix of Ops-Center's session keys in that Redis.
+    #[arg(
+        long = "ops-center-session-prefix",
+        id = "ops_center_session_prefix",
+        env = OPS_CENTER_PREFIX_VAR,
+        default_value = "session:"
+    )]
+    pub prefix: String,
+
+    /// Groups or realm roles that make an Ops-Center user without a `role` an admin
+    /// (comma-separated, compared exactly).
+    #[arg(
+        long = "ops-center-admin-groups",
+        id = "ops_center_admin_groups",
+        env = OPS_CENTER_ADMIN_GROUPS_VAR,
+        value_delimiter = ','
+    )]
+    pub admin_groups: Vec<String>,
+
+    /// Groups or realm roles that make an Ops-Center user without a `role` a user.
+    #[arg(
+        long = "ops-center-user-groups",
+        id = "ops_center_user_groups",
+        env = OPS_CENTER_USER_GROUPS_VAR,
+        value_delimiter = ','
+    )]
+    pub user_groups: Vec<String>,
+}
+
+impl Default for OpsCenterSessions {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            prefix: "session:".to_owned(),
+            admin_groups: Vec::new(),
+            user_groups: Vec::new(),
+        }
+    }
+}

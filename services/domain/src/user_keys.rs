@@ -571,7 +571,7 @@ fn listed(row: Listed, now: DateTime<Utc>) -> pb::ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caller::{KeyBounds, Principal};
+    use crate::caller::{IdentitySource, KeyBounds, Principal};
 
     fn through(bounds: KeyBounds) -> Caller {
         Caller {
@@ -580,6 +580,7 @@ mod tests {
                 email: String::new(),
                 role: Role::User,
             },
+            source: IdentitySource::ApiKey,
             request_id: "test".into(),
             via_key: Some(bounds),
         }
@@ -610,6 +611,7 @@ mod tests {
     #[test]
     fn a_session_is_not_bounded() {
         let session = Caller {
+            source: IdentitySource::Session,
             via_key: None,
             ..through(key(Some(1), Some(1), &["10.0.0.0/8"]))
         };

@@ -60,7 +60,7 @@ impl PlatformKeyGrpc {
             ctx.feed.clone(),
         );
         Ok(Self {
-            auth: Authenticator::new(ctx.db.clone(), ctx.sessions.clone())
+            auth: Authenticator::new(ctx.identity.clone(), ctx.sessions.clone())
                 .with_oidc(ctx.oidc.clone()),
             keys,
         })

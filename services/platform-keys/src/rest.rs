@@ -174,6 +174,9 @@ pub struct AuditEventJson {
     pub details: serde_json::Value,
     /// The `uc_` key that authenticated the call, when a key (not a session) did.
     pub via_key_id: Option<String>,
+    /// Where the actor's identity came from: `session`, `ops_center_session`, `oidc`,
+    /// `service_token` or `api_key`; null on events recorded before keyhouse kept it.
+    pub identity_source: Option<String>,
 }
 
 /// The platform key named in the path, for a 422's `loc`.
@@ -432,6 +435,7 @@ async fn audit_events(
             occurred_at: rest::rfc3339_opt(e.occurred_at.as_ref()),
             details: serde_json::from_str(&e.details_json).unwrap_or_default(),
             via_key_id: (!e.via_key_id.is_empty()).then_some(e.via_key_id),
+            identity_source: (!e.identity_source.is_empty()).then_some(e.identity_source),
             id: e.id,
             actor: e.actor,
             action: e.action,

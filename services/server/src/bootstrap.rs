@@ -9,7 +9,7 @@ use std::time::Duration;
 use keyhouse_domain::change_feed::ChangeFeed;
 use keyhouse_domain::crypto::fernet_ring::KeyRing;
 use keyhouse_domain::storage::sessions;
-use keyhouse_domain::{db, duration};
+use keyhouse_domain::{db, duration, identity};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
@@ -38,7 +38,9 @@ pub struct Context {
     pub db: DatabaseConnection,
     pub feed: ChangeFeed,
     pub ring: KeyRing,
-    /// Shared by every service's `Authenticator`.
+    /// Shared by every service's `Authenticator`: where session tokens are resolved, and the
+    /// short cache in front of it.
+    pub identity: identity::Sessions,
     pub sessions: SessionCache,
     /// The OIDC issuer whose bearer tokens are accepted, if one is configured; one key cache
     /// shared by every service's `Authenticator`.
@@ -123,8 +125,10 @@ async fn start(
     let feed = ChangeFeed::start(&db, url).await?;
     let mut services = Services::new(db.clone());
     let sessions = SessionCache::new(Duration::from_secs(settings.session_cache_secs));
+    let identity = identity::Sessions::start(db.clone(), &settings.ops_center).await?;
     let ctx = Context {
         settings,
+        identity,
         db,
         feed,
         ring,

@@ -3,15 +3,14 @@
 
 use std::sync::Arc;
 
+use keyhouse_domain::Error;
 use keyhouse_domain::authorization::{self, Reach, Rule};
-use keyhouse_domain::caller::{AuthFailure, Caller, Principal, Role};
+use keyhouse_domain::caller::{AuthFailure, Caller, IdentitySource, Principal, Role};
 use keyhouse_domain::crypto::{api_key, session_token};
-use keyhouse_domain::storage::sessions;
+use keyhouse_domain::identity;
 use keyhouse_domain::verify::Verifier;
-use keyhouse_domain::{Error, db};
 use keyhouse_proto::v1 as pb;
 use keyhouse_proto::v1::verify_key_response::Reason;
-use sea_orm::DatabaseConnection;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::{self, ServiceTokens};
@@ -51,11 +50,13 @@ pub fn status(err: Error) -> tonic::Status {
 }
 
 /// Resolves the caller of gRPC (and grpc-web, and REST, which calls the gRPC methods): a
-/// session or an OIDC bearer token, and where the authorization table allows it, a user API key
-/// as the credential of its owner or an internal service's token.
+/// session (keyhouse's own or Ops-Center's, through `identity::Sessions`) or an OIDC bearer
+/// token, and where the authorization table allows it, a user API key as the credential of its
+/// owner or an internal service's token. Every kind resolves to the one `Caller`, carrying where
+/// it came from.
 #[derive(Clone)]
 pub struct Authenticator {
-    db: DatabaseConnection,
+    identity: identity::Sessions,
     sessions: SessionCache,
     api_keys: Option<Verifier>,
     services: ServiceTokens,
@@ -64,9 +65,9 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Sessions only, remembered in `sessions` for a moment once resolved.
-    pub fn new(db: DatabaseConnection, sessions: SessionCache) -> Self {
+    pub fn new(identity: identity::Sessions, sessions: SessionCache) -> Self {
         Self {
-            db,
+            identity,
             sessions,
             api_keys: None,
             services: ServiceTokens::default(),
@@ -147,6 +148,7 @@ impl Authenticator {
                 email: String::new(),
                 role: Role::User,
             },
+            source: IdentitySource::ServiceToken,
             request_id: auth::request_id(text("x-request-id")),
             via_key: None,
         })
@@ -159,6 +161,7 @@ impl Authenticator {
         {
             return Ok(Caller {
                 principal: oidc.principal(jwt).await.map_err(status)?,
+                source: IdentitySource::Oidc,
                 request_id: auth::request_id(text("x-request-id")),
                 via_key: None,
             });
@@ -172,20 +175,17 @@ impl Authenticator {
         }
         let digest = session_token::digest(token);
         let now = chrono::Utc::now();
-        let principal = match self.sessions.get(&digest, now) {
-            Some(principal) => principal,
+        let session = match self.sessions.get(&digest, now) {
+            Some(session) => session,
             None => {
-                let (principal, expires_at) =
-                    db::guarded(&self.db, sessions::find(&self.db, &digest))
-                        .await
-                        .map_err(status)?;
-                self.sessions
-                    .put(digest, principal.clone(), now, expires_at);
-                principal
+                let session = self.identity.resolve(token).await.map_err(status)?;
+                self.sessions.put(digest, session.clone(), now);
+                session
             }
         };
         Ok(Caller {
-            principal,
+            principal: session.principal,
+            source: session.source,
             request_id: auth::request_id(text("x-request-id")),
             via_key: None,
         })
@@ -218,6 +218,7 @@ impl Authenticator {
                     email: String::new(),
                     role: Role::User,
                 },
+                source: IdentitySource::ApiKey,
                 request_id: auth::request_id(text("x-request-id")),
                 via_key: bounds,
             }),

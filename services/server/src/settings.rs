@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use keyhouse_domain::config::{SessionPolicy, Settings};
+use keyhouse_domain::config::{OpsCenterSessions, SessionPolicy, Settings};
 
 use crate::oidc::OidcSettings;
 
@@ -32,8 +32,8 @@ pub struct ServerSettings {
     pub service_tokens: Vec<String>,
 
     /// How long a resolved session is remembered on this replica (seconds, never past the
-    /// session's end); 0 looks every call up. A session deleted from the table works here until
-    /// its entry lapses.
+    /// session's end, nor past its Redis key's TTL for Ops-Center's); 0 looks every call up. A
+    /// session deleted from the table (or from Redis) works here until its entry lapses.
     #[arg(long, env = "KEYHOUSE_SESSION_CACHE_SECS", default_value_t = 5)]
     pub session_cache_secs: u64,
 
@@ -47,6 +47,7 @@ pub struct ServerSettings {
 
     #[command(flatten)]
     pub oidc: OidcSettings,
+    pub ops_center: OpsCenterSessions,
 
     /// The most client connections served at once; further clients wait to be accepted.
     #[arg(
@@ -105,6 +106,7 @@ impl ServerSettings {
             session_purge_secs: 300,
             sessions: SessionPolicy::default(),
             oidc: OidcSettings::default(),
+            ops_center: OpsCenterSessions::default(),
             max_connections: 10_000,
             header_read_timeout_secs: 10,
             max_connection_age_secs: 0,

@@ -77,7 +77,7 @@ impl UserKeyGrpc {
                 settings.outbound()?,
                 std::time::Duration::from_secs(settings.byok_test_timeout_secs.max(1)),
             ),
-            auth: Authenticator::new(db.clone(), ctx.sessions.clone())
+            auth: Authenticator::new(ctx.identity.clone(), ctx.sessions.clone())
                 .with_api_keys(verifier.clone())
                 .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?)
                 .with_oidc(ctx.oidc.clone()),

@@ -14,6 +14,9 @@ pub struct Model {
     pub details: Json,
     /// The user key that authenticated the call, when one did.
     pub via_key_id: Option<Uuid>,
+    /// Where the actor's identity came from (`IdentitySource::as_str`); null on events
+    /// recorded before it was kept.
+    pub identity_source: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -395,6 +395,7 @@ impl PlatformKeys {
                 request_id: e.request_id,
                 details_json: e.details.to_string(),
                 via_key_id: e.via_key_id.map(|id| id.to_string()).unwrap_or_default(),
+                identity_source: e.identity_source.unwrap_or_default(),
             })
             .collect();
         Ok(pb::ListAuditEventsResponse {

@@ -26,6 +26,7 @@ pub async fn record(
         request_id: Set(caller.request_id.clone()),
         details: Set(details),
         via_key_id: Set(caller.via_key.as_ref().map(|k| k.key_id)),
+        identity_source: Set(Some(caller.source.as_str().to_owned())),
     }
     .insert(conn)
     .await?;
