@@ -201,7 +201,7 @@ fn sent_once(keys: Vec<String>, next: Arc<AtomicUsize>) -> Call {
 }
 
 /// The server's count of bcrypt verifications, from its metrics.
-async fn bcrypt_runs(server: &Server) -> anyhow::Result<u64> {
+pub async fn bcrypt_runs(server: &Server) -> anyhow::Result<u64> {
     let text = reqwest::Client::new()
         .get(format!("http://{}/metrics", server.addr))
         .timeout(Duration::from_secs(10))

@@ -98,6 +98,18 @@ pub async fn closed_owned<T: Clone + Send + 'static>(
 
 /// `rate` requests per second for `seconds`, each timed from when it was due.
 pub async fn open(channels: &[Channel], call: Call, rate: f64, seconds: u64) -> Outcome {
+    let started = Instant::now();
+    let (latencies, failures) = open_latencies(channels, call, rate, seconds).await;
+    summarize(latencies, failures, started.elapsed())
+}
+
+/// `open`'s latencies themselves (unsorted), to pool over turns, and its failures.
+pub async fn open_latencies(
+    channels: &[Channel],
+    call: Call,
+    rate: f64,
+    seconds: u64,
+) -> (Vec<Duration>, u64) {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total = (rate * seconds as f64) as u64;
     let started = Instant::now();
@@ -117,7 +129,7 @@ pub async fn open(channels: &[Channel], call: Call, rate: f64, seconds: u64) -> 
             _ => failures += 1,
         }
     }
-    summarize(all, failures, started.elapsed())
+    (all, failures)
 }
 
 /// A saturated rate and the failures behind it.

@@ -6,9 +6,11 @@
 
 mod alloc;
 mod breakdown;
+mod fallback;
 mod fill;
 mod flood;
 mod load;
+mod outage;
 mod rest;
 mod scale;
 mod scenarios;
@@ -102,6 +104,12 @@ fn main() -> anyhow::Result<()> {
             }
             if args.wanted(12) {
                 soak::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(13) {
+                outage::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(14) {
+                fallback::run(&args, server_rt.handle()).await?;
             }
             Ok(())
         };

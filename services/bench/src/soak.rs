@@ -2,8 +2,9 @@
 //! get, create and revoke, the admin's platform list) at half the mix's saturated rate, for
 //! `--soak-seconds` (600 by default), on PostgreSQL. Each minute: the rate served, p50 and p99
 //! (timed from when each request was due), failures, the process's resident memory, open files
-//! and the database's connections. Latencies are kept one minute at a time, so the load
-//! generator's own memory stays flat.
+//! and the database's connections; under the table, each minute's failures by kind (which call
+//! of the mix, and its gRPC code and message). Latencies are kept one minute at a time, so the
+//! load generator's own memory stays flat.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,67 +43,138 @@ struct Mix {
     channel: Channel,
 }
 
+/// Which call of the mix a request was, to name its failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Call {
+    ListKeys,
+    GetKey,
+    CreateKey,
+    RevokeKey,
+    ListPlatformKeys,
+    VerifyKey,
+}
+
+/// How a call of the mix failed: the call and its gRPC code and message (the server's words,
+/// which never hold a key or a secret), or the reason a VerifyKey answered not valid.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Failure {
+    call: Call,
+    how: String,
+}
+
+impl Failure {
+    fn status(call: Call, status: &tonic::Status) -> Self {
+        let message: String = status.message().chars().take(80).collect();
+        Self {
+            call,
+            how: format!("{:?}: {message}", status.code()),
+        }
+    }
+}
+
+/// A call's outcome: what the mix asked was answered, or how it failed.
+type Outcome = Result<(), Failure>;
+
+/// The failures of one minute, counted by kind.
+type Failures = std::collections::BTreeMap<Failure, u64>;
+
+/// A request of `call` carrying `token`.
+fn authorized_as<T>(call: Call, message: T, token: &str) -> Result<tonic::Request<T>, Failure> {
+    authorized(message, token).map_err(|_| Failure {
+        call,
+        how: "the session token is not a header value".into(),
+    })
+}
+
+/// `Ok` when the call answered; the failure named after the call otherwise.
+fn answered<T>(call: Call, answer: Result<T, tonic::Status>) -> Result<T, Failure> {
+    answer.map_err(|status| Failure::status(call, &status))
+}
+
 impl Mix {
-    async fn call(&self, i: u64) -> bool {
+    async fn call(&self, i: u64) -> Outcome {
         let key = &self.keys[(i as usize) % self.keys.len()];
         let mut owner = UserKeyServiceClient::new(self.channel.clone());
         let token = &self.user;
         match i % 40 {
-            0 => match authorized(
-                pb::ListKeysRequest {
-                    page_size: 20,
-                    ..Default::default()
-                },
-                token,
-            ) {
-                Ok(req) => owner.list_keys(req).await.is_ok(),
-                Err(_) => false,
-            },
-            10 => match authorized(
-                pb::GetKeyRequest {
-                    key_id: key.key_id.clone(),
-                },
-                token,
-            ) {
-                Ok(req) => owner.get_key(req).await.is_ok(),
-                Err(_) => false,
-            },
+            0 => {
+                let req = authorized_as(
+                    Call::ListKeys,
+                    pb::ListKeysRequest {
+                        page_size: 20,
+                        ..Default::default()
+                    },
+                    token,
+                )?;
+                answered(Call::ListKeys, owner.list_keys(req).await).map(drop)
+            }
+            10 => {
+                let req = authorized_as(
+                    Call::GetKey,
+                    pb::GetKeyRequest {
+                        key_id: key.key_id.clone(),
+                    },
+                    token,
+                )?;
+                answered(Call::GetKey, owner.get_key(req).await).map(drop)
+            }
             20 => {
                 let token = &self.churners[(i as usize / 40) % self.churners.len()];
                 let create = pb::CreateKeyRequest {
                     name: "churn".into(),
                     ..Default::default()
                 };
-                let Ok(made) = (match authorized(create, token) {
-                    Ok(req) => owner.create_key(req).await,
-                    Err(_) => return false,
-                }) else {
-                    return false;
+                let made = answered(
+                    Call::CreateKey,
+                    owner
+                        .create_key(authorized_as(Call::CreateKey, create, token)?)
+                        .await,
+                )?;
+                let revoke = pb::RevokeKeyRequest {
+                    key_id: made.into_inner().key_id,
                 };
-                match authorized(
-                    pb::RevokeKeyRequest {
-                        key_id: made.into_inner().key_id,
-                    },
-                    token,
-                ) {
-                    Ok(req) => owner.revoke_key(req).await.is_ok(),
-                    Err(_) => false,
+                answered(
+                    Call::RevokeKey,
+                    owner
+                        .revoke_key(authorized_as(Call::RevokeKey, revoke, token)?)
+                        .await,
+                )
+                .map(drop)
+            }
+            30 => {
+                let req = authorized_as(
+                    Call::ListPlatformKeys,
+                    pb::ListPlatformKeysRequest {},
+                    &self.admin,
+                )?;
+                answered(
+                    Call::ListPlatformKeys,
+                    PlatformKeyServiceClient::new(self.channel.clone())
+                        .list_platform_keys(req)
+                        .await,
+                )
+                .map(drop)
+            }
+            _ => {
+                let answer = answered(
+                    Call::VerifyKey,
+                    owner
+                        .verify_key(pb::VerifyKeyRequest {
+                            api_key: key.api_key.clone(),
+                            ..Default::default()
+                        })
+                        .await,
+                )?
+                .into_inner();
+                if answer.valid {
+                    Ok(())
+                } else {
+                    Err(Failure {
+                        call: Call::VerifyKey,
+                        how: format!("answered not valid: {:?}", answer.reason()),
+                    })
                 }
             }
-            30 => match authorized(pb::ListPlatformKeysRequest {}, &self.admin) {
-                Ok(req) => PlatformKeyServiceClient::new(self.channel.clone())
-                    .list_platform_keys(req)
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            },
-            _ => owner
-                .verify_key(pb::VerifyKeyRequest {
-                    api_key: key.api_key.clone(),
-                    ..Default::default()
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().valid),
         }
     }
 }
@@ -151,7 +223,7 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
         let counter = counter.clone();
         let call: load::CallOn<Mix> = Arc::new(move |mix: Mix| {
             let i = counter.fetch_add(1, Ordering::Relaxed);
-            Box::pin(async move { mix.call(i).await })
+            Box::pin(async move { mix.call(i).await.is_ok() })
         });
         load::closed(&mixes, call, args.concurrency, args.seconds.min(10)).await
     };
@@ -172,7 +244,9 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
     // Each call adds its latency here when it ends; a minute's figures are taken out at its end
     // (a call still running then counts in the next minute). No per-call handle is kept.
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
-    let failures = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Failures::new()));
+    // Each minute's failures by kind, printed under the table.
+    let mut failed_minutes = Vec::new();
     for minute in 1..=minutes {
         let window_end = started + Duration::from_secs((minute * 60).min(args.soak_seconds));
         let window_start = Instant::now();
@@ -183,9 +257,12 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
             let n = counter.fetch_add(1, Ordering::Relaxed);
             let (latencies, failures) = (latencies.clone(), failures.clone());
             tokio::spawn(async move {
-                let ok = mix.call(n).await;
-                if !ok {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                if let Err(failure) = mix.call(n).await {
+                    *failures
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(failure)
+                        .or_default() += 1;
                 }
                 let took = due.elapsed();
                 latencies
@@ -200,7 +277,11 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        let failures = failures.swap(0, Ordering::Relaxed);
+        let failures = std::mem::take(
+            &mut *failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         latencies.sort_unstable();
         let served = latencies.len() as f64 / window_start.elapsed().as_secs_f64();
         let (rss, files) = own_footprint();
@@ -209,11 +290,27 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
             "| {minute} | {served:.0} | {} | {} | {} | {} MiB | {files} | {connections} |",
             ms(load::quantile(&latencies, 0.50)),
             ms(load::quantile(&latencies, 0.99)),
-            failures,
+            failures.values().sum::<u64>(),
             rss / 1024,
         );
+        if !failures.is_empty() {
+            failed_minutes.push((minute, failures));
+        }
     }
     println!();
+    if failed_minutes.is_empty() {
+        println!("Failures by kind: none.\n");
+    } else {
+        println!("Failures by kind:\n");
+        for (minute, failures) in failed_minutes {
+            let kinds: Vec<String> = failures
+                .iter()
+                .map(|(f, n)| format!("{n} × {:?} {}", f.call, f.how))
+                .collect();
+            println!("- minute {minute}: {}", kinds.join("; "));
+        }
+        println!();
+    }
     server.stop().await;
     Ok(())
 }
