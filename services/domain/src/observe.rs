@@ -13,6 +13,10 @@ pub trait Observer: Send + Sync {
     fn verify_cache(&self, result: &'static str);
     /// One bcrypt run: `hash` or `verify`.
     fn bcrypt(&self, operation: &'static str, took: Duration);
+    /// The depth of a bounded queue, whenever it changes or is measured: `bcrypt` (operations
+    /// admitted, running or waiting), `usage` (counts the last usage flush took), `change_feed`
+    /// (changes not yet read by every subscriber).
+    fn queue_depth(&self, queue: &'static str, depth: usize);
 }
 
 static OBSERVER: OnceLock<Box<dyn Observer>> = OnceLock::new();
@@ -37,5 +41,11 @@ pub(crate) fn verify_cache(result: &'static str) {
 pub(crate) fn bcrypt(operation: &'static str, took: Duration) {
     if let Some(o) = OBSERVER.get() {
         o.bcrypt(operation, took);
+    }
+}
+
+pub(crate) fn queue_depth(queue: &'static str, depth: usize) {
+    if let Some(o) = OBSERVER.get() {
+        o.queue_depth(queue, depth);
     }
 }

@@ -1,8 +1,8 @@
 //! Prometheus metrics, served at `/metrics` on the same port as everything else: requests by
 //! method and status with latency histograms (gRPC, grpc-web and REST alike), VerifyKey outcomes
 //! by reason, the verdict cache's hits and misses, bcrypt durations, the database pool's
-//! connections and the listener's client connections. Labels never carry a key, a token or a
-//! user id.
+//! connections, the listener's client connections and the depth of the domain's bounded queues.
+//! Labels never carry a key, a token or a user id.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -30,6 +30,7 @@ pub struct Metrics {
     pool_max: IntGauge,
     pub connections_accepted: IntCounter,
     pub connections_open: IntGauge,
+    queue_depth: IntGaugeVec,
 }
 
 fn build() -> prometheus::Result<Metrics> {
@@ -80,6 +81,15 @@ fn build() -> prometheus::Result<Metrics> {
         "Client connections accepted by the listener",
     )?;
     let connections_open = IntGauge::new("connections_open", "Client connections open now")?;
+    let queue_depth = IntGaugeVec::new(
+        Opts::new(
+            "queue_depth",
+            "Bounded queues: bcrypt (operations admitted, running or waiting), usage (counts \
+             the last usage flush took), change_feed (changes not yet read by every subscriber)",
+        ),
+        &["queue"],
+    )?;
+    registry.register(Box::new(queue_depth.clone()))?;
     registry.register(Box::new(connections_accepted.clone()))?;
     registry.register(Box::new(connections_open.clone()))?;
     registry.register(Box::new(pool_connections.clone()))?;
@@ -101,6 +111,7 @@ fn build() -> prometheus::Result<Metrics> {
         pool_max,
         connections_accepted,
         connections_open,
+        queue_depth,
     })
 }
 
@@ -127,6 +138,13 @@ impl keyhouse_domain::observe::Observer for DomainObserver {
             .bcrypt_seconds
             .with_label_values(&[operation])
             .observe(took.as_secs_f64());
+    }
+
+    fn queue_depth(&self, queue: &'static str, depth: usize) {
+        METRICS
+            .queue_depth
+            .with_label_values(&[queue])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 }
 
