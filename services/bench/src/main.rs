@@ -9,11 +9,14 @@ mod breakdown;
 mod fill;
 mod flood;
 mod load;
+mod overload;
 mod rest;
 mod scale;
 mod scenarios;
 mod setup;
 mod soak;
+mod spread;
+mod starve;
 mod traces;
 
 use clap::Parser;
@@ -52,6 +55,9 @@ pub struct Args {
     /// How long the soak (12) runs, in seconds.
     #[arg(long, default_value_t = 600)]
     pub soak_seconds: u64,
+    /// How long the overload (15) offers three times the saturated rate, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub overload_seconds: u64,
     /// Only these benchmarks (1-12); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
@@ -102,6 +108,15 @@ fn main() -> anyhow::Result<()> {
             }
             if args.wanted(12) {
                 soak::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(15) {
+                overload::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(16) {
+                starve::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(17) {
+                spread::run(&args, server_rt.handle()).await?;
             }
             Ok(())
         };
