@@ -167,3 +167,50 @@ async fn metrics_parse_as_prometheus_text_and_count_the_calls_made() {
         "metrics name no key, token or id"
     );
 }
+
+/// The bounded queues report their depth: bcrypt work admitted, the usage counts a flush took,
+/// the changes not yet read by every subscriber. Other tests in this process share the gauges,
+/// so each is checked against its bound rather than against an exact value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_the_depth_of_each_bounded_queue() {
+    let server =
+        TestServer::start_with(Backend::Sqlite, |s| s.domain.verify.usage_flush_millis = 50).await;
+    let token = server.session("alice", Role::User).await;
+    let mut owner = server.user_client(Some(&token)).await;
+    let key = mint(
+        &mut owner,
+        pb::CreateKeyRequest {
+            name: "queued".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut gateway = server.user_client(None).await;
+    gateway
+        .verify_key(verify(&key.api_key, &[], ""))
+        .await
+        .expect("verify");
+    owner
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await
+        .expect("revoke");
+    // The usage counted above is flushed within a few of its 50 ms periods.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, samples) = scrape(&server).await;
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as f64;
+    for (queue, bound) in [
+        ("bcrypt", cores + 64.0),
+        ("usage", f64::MAX),
+        ("change_feed", 1024.0),
+    ] {
+        let depth = samples
+            .get(&format!(r#"keyhouse_queue_depth{{queue="{queue}"}}"#))
+            .unwrap_or_else(|| panic!("no depth reported for the {queue} queue"));
+        assert!(
+            (0.0..=bound).contains(depth),
+            "{queue} queue depth {depth} outside 0..={bound}"
+        );
+    }
+}

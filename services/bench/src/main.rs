@@ -1,6 +1,7 @@
 //! keyhouse-bench: the verification path's numbers (1-8), the REST paths (9), listing at
-//! scale (10), a flood of forged keys (11) and a soak (12), measured in one run so that ratios
-//! hold on a noisy machine.
+//! scale (10), a flood of forged keys (11), a soak (12), a database outage (13), the Redis
+//! fallback (14), overload (15), a deadline-less flood (16) and a new replica's share (17),
+//! measured in one run so that ratios hold on a noisy machine.
 //! `cargo run --release -p keyhouse-bench` prints a Markdown report; the results and the command
 //! are kept in BENCHMARKS.md.
 
@@ -11,11 +12,14 @@ mod fill;
 mod flood;
 mod load;
 mod outage;
+mod overload;
 mod rest;
 mod scale;
 mod scenarios;
 mod setup;
 mod soak;
+mod spread;
+mod starve;
 mod traces;
 
 use clap::Parser;
@@ -54,7 +58,10 @@ pub struct Args {
     /// How long the soak (12) runs, in seconds.
     #[arg(long, default_value_t = 600)]
     pub soak_seconds: u64,
-    /// Only these benchmarks (1-12); all when empty.
+    /// How long the overload (15) offers three times the saturated rate, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub overload_seconds: u64,
+    /// Only these benchmarks (1-17); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
 }
@@ -110,6 +117,15 @@ fn main() -> anyhow::Result<()> {
             }
             if args.wanted(14) {
                 fallback::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(15) {
+                overload::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(16) {
+                starve::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(17) {
+                spread::run(&args, server_rt.handle()).await?;
             }
             Ok(())
         };

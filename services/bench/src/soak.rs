@@ -317,7 +317,7 @@ async fn measure(args: &Args, rt: &tokio::runtime::Handle, url: &str) -> anyhow:
 
 /// This process's resident memory (KiB) and open files: the server runs in it, beside a load
 /// generator whose memory does not grow.
-fn own_footprint() -> (u64, usize) {
+pub(crate) fn own_footprint() -> (u64, usize) {
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -67,6 +67,8 @@ impl ChangeFeed {
     /// Starts the feed; on PostgreSQL this opens a LISTEN connection to `url` that lives as
     /// long as the feed.
     pub async fn start(db: &DatabaseConnection, url: &str) -> Result<Self> {
+        // A subscriber more than this many changes behind loses the oldest and is told to
+        // resync (`Lagged`), so a slow subscriber never makes the feed hold more.
         let (tx, _) = broadcast::channel(1024);
         let backend = db.get_database_backend();
         let listener = if backend == DbBackend::Postgres {
@@ -120,6 +122,7 @@ impl ChangeFeed {
             for change in changes {
                 let _ = self.tx.send(change.clone());
             }
+            crate::observe::queue_depth("change_feed", self.tx.len());
         }
         Ok(())
     }
@@ -150,6 +153,7 @@ async fn listen(mut listener: PgListener, url: String, tx: broadcast::Sender<Cha
             Ok(Some(note)) => {
                 if let Some(change) = Change::decode(note.payload()) {
                     let _ = tx.send(change);
+                    crate::observe::queue_depth("change_feed", tx.len());
                 }
             }
             // The connection dropped. A new LISTEN is made here rather than by sqlx's silent

@@ -21,6 +21,10 @@ pub trait Observer: Send + Sync {
     /// `replica_redis_failed` (Redis failed on this hit) or `replica_redis_down` (Redis known
     /// down: not tried).
     fn rate_limit_count(&self, counted: &'static str);
+    /// The depth of a bounded queue, whenever it changes or is measured: `bcrypt` (operations
+    /// admitted, running or waiting), `usage` (counts the last usage flush took), `change_feed`
+    /// (changes not yet read by every subscriber).
+    fn queue_depth(&self, queue: &'static str, depth: usize);
 }
 
 static OBSERVER: OnceLock<Box<dyn Observer>> = OnceLock::new();
@@ -63,5 +67,11 @@ pub(crate) fn db_breaker_refusal() {
 pub(crate) fn rate_limit_count(counted: &'static str) {
     if let Some(o) = OBSERVER.get() {
         o.rate_limit_count(counted);
+    }
+}
+
+pub(crate) fn queue_depth(queue: &'static str, depth: usize) {
+    if let Some(o) = OBSERVER.get() {
+        o.queue_depth(queue, depth);
     }
 }

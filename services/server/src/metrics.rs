@@ -2,8 +2,8 @@
 //! method and status with latency histograms (gRPC, grpc-web and REST alike), VerifyKey outcomes
 //! by reason, the verdict cache's hits and misses, bcrypt durations, the database pool's
 //! connections, the database breaker (open, and the calls it answered at once), where rate
-//! limits are counted, and the listener's client connections. Labels never carry a key, a token or a
-//! user id.
+//! limits are counted, the listener's client connections and the depth of the domain's bounded
+//! queues. Labels never carry a key, a token or a user id.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -34,6 +34,7 @@ pub struct Metrics {
     pool_max: IntGauge,
     pub connections_accepted: IntCounter,
     pub connections_open: IntGauge,
+    queue_depth: IntGaugeVec,
 }
 
 fn build() -> prometheus::Result<Metrics> {
@@ -110,6 +111,15 @@ fn build() -> prometheus::Result<Metrics> {
         "Client connections accepted by the listener",
     )?;
     let connections_open = IntGauge::new("connections_open", "Client connections open now")?;
+    let queue_depth = IntGaugeVec::new(
+        Opts::new(
+            "queue_depth",
+            "Bounded queues: bcrypt (operations admitted, running or waiting), usage (counts \
+             the last usage flush took), change_feed (changes not yet read by every subscriber)",
+        ),
+        &["queue"],
+    )?;
+    registry.register(Box::new(queue_depth.clone()))?;
     registry.register(Box::new(connections_accepted.clone()))?;
     registry.register(Box::new(connections_open.clone()))?;
     registry.register(Box::new(pool_connections.clone()))?;
@@ -141,6 +151,7 @@ fn build() -> prometheus::Result<Metrics> {
         pool_max,
         connections_accepted,
         connections_open,
+        queue_depth,
     })
 }
 
@@ -186,6 +197,13 @@ impl keyhouse_domain::observe::Observer for DomainObserver {
             .rate_limit_counts
             .with_label_values(&[counted])
             .inc();
+    }
+
+    fn queue_depth(&self, queue: &'static str, depth: usize) {
+        METRICS
+            .queue_depth
+            .with_label_values(&[queue])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 }
 

@@ -47,6 +47,8 @@ pub struct ServerSettings {
 
     #[command(flatten)]
     pub oidc: OidcSettings,
+
+    #[command(flatten)]
     pub ops_center: OpsCenterSessions,
 
     /// The most client connections served at once; further clients wait to be accepted.

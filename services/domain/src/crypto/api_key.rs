@@ -3,9 +3,9 @@
 //! touching storage and secret scanners can recognise a real one.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -90,6 +90,10 @@ impl PartialEq for ApiKey {
 struct Slots {
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    /// The permits `admitted` was made with: the queue's depth is this less those available.
+    capacity: usize,
+    /// The permits `running` has now (`set_running`).
+    running_limit: Mutex<usize>,
 }
 
 const MAX_WAITING: usize = 64;
@@ -99,8 +103,57 @@ static SLOTS: LazyLock<Slots> = LazyLock::new(|| {
     Slots {
         admitted: Arc::new(Semaphore::new(cores + MAX_WAITING)),
         running: Arc::new(Semaphore::new(cores)),
+        capacity: cores + MAX_WAITING,
+        running_limit: Mutex::new(cores),
     }
 });
+
+/// Sets how many bcrypt operations run at once (at least 1; one per core unless set), for
+/// measuring what leaving a core to the cheap calls is worth. Lowering it waits until enough
+/// running operations have ended.
+pub async fn set_running(n: usize) {
+    let n = n.max(1);
+    let now = {
+        let mut limit = SLOTS
+            .running_limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *limit, n)
+    };
+    if n > now {
+        SLOTS.running.add_permits(n - now);
+    } else if let Ok(taken) = SLOTS
+        .running
+        .acquire_many(u32::try_from(now - n).unwrap_or(u32::MAX))
+        .await
+    {
+        taken.forget();
+    }
+}
+
+/// An admitted operation's place in the queue; the queue's depth is reported when it is
+/// taken and when it is given back, however the operation ends.
+struct Place(Option<OwnedSemaphorePermit>);
+
+impl Place {
+    fn take() -> Option<Self> {
+        let permit = SLOTS.admitted.clone().try_acquire_owned().ok()?;
+        report_depth();
+        Some(Self(Some(permit)))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        report_depth();
+    }
+}
+
+fn report_depth() {
+    let depth = SLOTS.capacity - SLOTS.admitted.available_permits();
+    crate::observe::queue_depth("bcrypt", depth);
+}
 
 /// Runs one bcrypt operation on the blocking pool, timed for the metrics and traced as a child
 /// of the caller's span.
@@ -109,11 +162,7 @@ async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static,
 ) -> Result<T> {
     let busy = || Error::Unavailable("too many key checks in progress; try again shortly".into());
-    let admitted = SLOTS
-        .admitted
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| busy())?;
+    let admitted = Place::take().ok_or_else(busy)?;
     let running = SLOTS
         .running
         .clone()

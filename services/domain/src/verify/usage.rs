@@ -59,6 +59,9 @@ impl UsageRecorder {
             batch.counts.extend(taken.counts);
             batch.last_used.extend(taken.last_used);
         }
+        // Bounded by the keys verified since the last flush, not by the requests: one count
+        // per key and hour (more hours only while flushes keep failing).
+        crate::observe::queue_depth("usage", batch.counts.len());
         if batch.counts.is_empty() && batch.last_used.is_empty() {
             return Ok(());
         }
