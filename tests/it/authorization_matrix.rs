@@ -17,7 +17,10 @@
 //! - `ops_center_user`: alice signed in through Ops-Center (a session in its Redis, role
 //!   `viewer`); `ops_center_admin`: an admin signed in through Ops-Center (no `role`, a Keycloak
 //!   realm role the operator maps to admins); `ops_center_no_role`: an Ops-Center user whose
-//!   groups map to nothing.
+//!   groups map to nothing;
+//! - `oidc_user`: alice with a token from the OIDC issuer (role `keyhouse-user`); `oidc_admin`: an
+//!   admin's token (`keyhouse-admin`); `oidc_no_role`: alice's token whose role the operator
+//!   mapped to nothing.
 //!
 //! Over REST a code is the status `RestError` gives it, and OK is any 2xx.
 
@@ -64,10 +67,13 @@ enum Caller {
     OpsCenterUser,
     OpsCenterAdmin,
     OpsCenterNoRole,
+    OidcUser,
+    OidcAdmin,
+    OidcNoRole,
 }
 
 /// The file's caller columns, in order.
-const CALLERS: [(&str, Caller); 15] = [
+const CALLERS: [(&str, Caller); 18] = [
     ("anonymous", Caller::Anonymous),
     ("bad_token", Caller::BadToken),
     ("expired_session", Caller::ExpiredSession),
@@ -83,6 +89,9 @@ const CALLERS: [(&str, Caller); 15] = [
     ("ops_center_user", Caller::OpsCenterUser),
     ("ops_center_admin", Caller::OpsCenterAdmin),
     ("ops_center_no_role", Caller::OpsCenterNoRole),
+    ("oidc_user", Caller::OidcUser),
+    ("oidc_admin", Caller::OidcAdmin),
+    ("oidc_no_role", Caller::OidcNoRole),
 ];
 
 impl Caller {
@@ -288,6 +297,8 @@ struct World {
     server: TestServer,
     _provider: crate::stub::Provider,
     ops_center: OpsCenterCallers,
+    oidc: OidcCallers,
+    _issuer: crate::oidc::Provider,
     alice: String,
     bob: String,
     admin: String,
@@ -299,6 +310,13 @@ struct World {
 
 /// Session tokens in Ops-Center's Redis, one per kind of Ops-Center caller.
 struct OpsCenterCallers {
+    alice: String,
+    admin: String,
+    no_role: String,
+}
+
+/// Bearer tokens from the OIDC issuer, one per kind of OIDC caller.
+struct OidcCallers {
     alice: String,
     admin: String,
     no_role: String,
@@ -380,6 +398,19 @@ async fn store_alices_key(server: &TestServer, new: NewKey) -> (uuid::Uuid, Stri
     (id, key.expose().to_owned())
 }
 
+/// A token the issuer's own key signs, for `sub` holding `role`, valid longer than the test runs.
+fn oidc_token(issuer: &crate::oidc::Provider, sub: &str, role: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    issuer.sign(&json!({
+        "iss": issuer.issuer,
+        "aud": crate::oidc::AUDIENCE,
+        "sub": sub,
+        "iat": now,
+        "exp": now + 3_600,
+        "realm_access": {"roles": [role]},
+    }))
+}
+
 fn verify(key: &str, scopes: &[String], client_ip: &str) -> pb::VerifyKeyRequest {
     pb::VerifyKeyRequest {
         api_key: key.to_owned(),
@@ -410,8 +441,19 @@ impl World {
                 .login(json!({ "user_id": "alice", "groups": ["admins"] }), day)
                 .await,
         };
+        let issuer = crate::oidc::Provider::start().await;
+        let oidc = OidcCallers {
+            alice: oidc_token(&issuer, "alice", "keyhouse-user"),
+            admin: oidc_token(&issuer, "sso-root", "keyhouse-admin"),
+            no_role: oidc_token(&issuer, "alice", "billing-viewer"),
+        };
+        let issuer_url = issuer.issuer.clone();
         let server = TestServer::start_with(backend, move |s| {
             ops.configure(s);
+            s.oidc.issuer = Some(issuer_url);
+            s.oidc.audience = Some(crate::oidc::AUDIENCE.into());
+            s.oidc.admin_roles = vec!["keyhouse-admin".into()];
+            s.oidc.user_roles = vec!["keyhouse-user".into()];
             s.service_tokens = vec![format!("gateway={digest}")];
             s.domain.provider_base_urls = vec![format!("openai={url}")];
             // Usage is written in the background: a write between two snapshots would be
@@ -500,6 +542,8 @@ impl World {
             server,
             _provider: provider,
             ops_center,
+            oidc,
+            _issuer: issuer,
             alice,
             bob,
             admin,
@@ -538,6 +582,9 @@ impl World {
             Caller::OpsCenterUser => &self.ops_center.alice,
             Caller::OpsCenterAdmin => &self.ops_center.admin,
             Caller::OpsCenterNoRole => &self.ops_center.no_role,
+            Caller::OidcUser => &self.oidc.alice,
+            Caller::OidcAdmin => &self.oidc.admin,
+            Caller::OidcNoRole => &self.oidc.no_role,
         };
         Some(token.to_owned())
     }

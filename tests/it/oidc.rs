@@ -20,13 +20,13 @@ use tonic::Code;
 
 use crate::support::{Backend, TempDir, TestServer};
 
-const AUDIENCE: &str = "https://keyhouse.test";
+pub(crate) const AUDIENCE: &str = "https://keyhouse.test";
 const KEYS: &str = "/api/v1/account/uc-api-keys";
 
 /// `tests/oidc/provider.mjs`, running until dropped.
-struct Provider {
+pub(crate) struct Provider {
     child: Child,
-    issuer: String,
+    pub(crate) issuer: String,
     /// The provider's current signing key, as `provider.mjs` describes it.
     keys: Value,
     /// Kept open: a write to a closed pipe would end the provider.
@@ -40,7 +40,7 @@ fn provider_script() -> &'static std::path::Path {
 }
 
 impl Provider {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         tokio::task::spawn_blocking(|| {
             let logs = TempDir::new();
             let stderr = std::fs::File::create(logs.0.join("stderr")).expect("log file");
@@ -116,7 +116,7 @@ impl Provider {
     }
 
     /// `claims` signed here with the provider's own key, as the provider would sign them.
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let key = EncodingKey::from_rsa_pem(self.pem("private_pem")).expect("the provider's key");
         jsonwebtoken::encode(&self.header(Algorithm::RS256), claims, &key).expect("sign")
     }
@@ -263,8 +263,24 @@ async fn a_token_from_the_issuer_lists_and_creates_keys_over_grpc_and_rest() {
                 .map_or_else(|s| s.code(), |_| Code::Ok)
         }
     };
-    assert_eq!(platform(admin).await, Code::Ok);
+    assert_eq!(platform(admin.clone()).await, Code::Ok);
     assert_eq!(platform(token).await, Code::PermissionDenied);
+
+    // The audit log says the key was made by a caller signed in through the OIDC issuer.
+    let events = server
+        .platform_client(Some(&admin))
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest::default())
+        .await
+        .expect("the audit log")
+        .into_inner()
+        .events;
+    let created_by: Vec<_> = events
+        .iter()
+        .filter(|e| e.actor == "service-user" && e.target == key_id)
+        .map(|e| e.identity_source.as_str())
+        .collect();
+    assert_eq!(created_by, ["oidc"], "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
