@@ -608,9 +608,9 @@ fn time_to_live(ttl: Duration, digest: &Digest) -> Duration {
 }
 
 /// When each key was last invalidated, for as long as a verdict cached before it could still be
-/// trusted (its time to live: older ones are read again anyway). Entries past that are pruned when the map has doubled since
-/// the last pruning, so a steady stream of revocations costs amortized constant time each, not a
-/// sweep of the whole map every time.
+/// trusted (its time to live: older ones are read again anyway). Entries past that are pruned
+/// when the map has doubled since the last pruning, so a steady stream of revocations costs
+/// amortized constant time each, not a sweep of the whole map every time.
 #[derive(Default)]
 struct Invalidated {
     at: HashMap<Uuid, Instant>,
