@@ -20,7 +20,7 @@ use tonic::Code;
 
 use crate::binary::{self, Keyhouse};
 use crate::support::{Backend, TempDir, TestDb, TestServer};
-use crate::verify::{mint, verify};
+use crate::verify::{mint, named, own_verifier, verify};
 
 crate::on_both_databases!(sigterm_under_load_drains_and_loses_no_acknowledged_write);
 
@@ -286,8 +286,8 @@ async fn postgres_a_revocation_made_while_listen_is_down_is_seen_once_it_returns
         .await
         .expect("allow connections");
 
-    // The feed retries every second; once it listens again, the first replica's cache is
-    // emptied and the revocation shows (the cached verdict would otherwise last five minutes).
+    // The feed retries every second; once it listens again, the first replica's cached verdicts
+    // are stale and the revocation shows (the cached verdict would otherwise last five minutes).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let reason = gateway
@@ -305,4 +305,82 @@ async fn postgres_a_revocation_made_while_listen_is_down_is_seen_once_it_returns
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_after_a_lost_listen_cached_keys_are_read_again_without_bcrypt() {
+    let server = TestServer::start(Backend::Postgres).await;
+    let token = server.session("alice", Role::User).await;
+    let mut owner = server.user_client(Some(&token)).await;
+    let kept = mint(&mut owner, named("kept")).await;
+    let revoked = mint(&mut owner, named("revoked")).await;
+    // Its own verifier, with its own LISTEN connection, to count its bcrypt runs.
+    let (verifier, _feed) = own_verifier(&server, 300).await;
+    let reason = |key: &str| {
+        let (verifier, request) = (verifier.clone(), verify(key, &[], ""));
+        async move { verifier.verify(&request).await.expect("verify").reason() }
+    };
+    assert_eq!(reason(&kept.api_key).await, Reason::Valid);
+    assert_eq!(reason(&revoked.api_key).await, Reason::Valid);
+    assert_eq!(verifier.bcrypt_runs(), 2, "one bcrypt per key");
+
+    // As in the test above: new connections refused, the LISTEN connections ended.
+    let url = &server.settings.domain.database_url;
+    let name = url.rsplit_once('/').expect("a database name").1.to_owned();
+    let mut admin = PgConnection::connect(&crate::support::postgres_url())
+        .await
+        .expect("connect");
+    let allow = |yes: bool| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS {yes}"
+        )))
+    };
+    allow(false)
+        .execute(&mut admin)
+        .await
+        .expect("refuse connections");
+    let ended = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+    )
+    .bind(&name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("end the LISTEN connections");
+    assert_eq!(
+        ended.len(),
+        2,
+        "the server's LISTEN connection and the verifier's"
+    );
+    owner
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: revoked.key_id.clone(),
+        })
+        .await
+        .expect("revoke while the feed is down");
+    allow(true)
+        .execute(&mut admin)
+        .await
+        .expect("allow connections");
+
+    // Once the feed listens again every cached verdict is stale: the revocation shows, and
+    // neither key is checked by bcrypt again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = reason(&revoked.api_key).await;
+        if now == Reason::Revoked {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verifier still answers {now:?} after the feed returned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reason(&kept.api_key).await, Reason::Valid);
+    assert_eq!(
+        verifier.bcrypt_runs(),
+        2,
+        "a resync re-reads cached keys by id, without bcrypt"
+    );
 }

@@ -2,6 +2,7 @@
 //! credential of the management paths.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use keyhouse_domain::caller::Role;
 use keyhouse_domain::change_feed::ChangeFeed;
@@ -19,6 +20,7 @@ use crate::support::{Backend, TestServer, UserClient};
 on_both_databases!(
     every_reason_is_answered,
     concurrent_misses_for_one_key_run_one_bcrypt,
+    a_verdict_past_its_time_to_live_is_read_again_without_bcrypt,
     rate_limits_count_per_replica_or_across_replicas_through_redis,
     ip_allowlists_take_ipv4_and_ipv6_networks,
     usage_counts_match_the_verifications_after_the_flush,
@@ -342,6 +344,80 @@ async fn concurrent_misses_for_one_key_run_one_bcrypt(backend: Backend) {
         1,
         "seeing a revocation costs no bcrypt"
     );
+}
+
+/// A verifier of its own on `server`'s database, with a cache time to live of `ttl_secs`, to
+/// count its bcrypt runs. Its change feed is its own (keep it: the verifier hears changes while
+/// it lives): on SQLite it hears of no change the server makes, on PostgreSQL it listens like a
+/// replica.
+pub async fn own_verifier(server: &TestServer, ttl_secs: u64) -> (Verifier, ChangeFeed) {
+    let feed = ChangeFeed::start(server.db(), &server.settings.domain.database_url)
+        .await
+        .expect("feed");
+    let mut settings = server.settings.domain.verify.clone();
+    settings.cache_ttl_secs = ttl_secs;
+    let verifier = Verifier::start(
+        server.db().clone(),
+        &server.settings.domain.keys.scopes,
+        &settings,
+        &feed,
+        KeyTagger::from_ring(&server.settings.domain.required_key_ring().expect("ring")),
+    )
+    .await
+    .expect("verifier");
+    (verifier, feed)
+}
+
+async fn a_verdict_past_its_time_to_live_is_read_again_without_bcrypt(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let token = server.session("alice", Role::User).await;
+    let mut owner = server.user_client(Some(&token)).await;
+    let kept = mint(&mut owner, named("kept")).await;
+    let revoked = mint(&mut owner, named("revoked")).await;
+    let regenerated = mint(&mut owner, named("regenerated")).await;
+    let (verifier, _feed) = own_verifier(&server, 1).await;
+    let reason = |key: &str| {
+        let (verifier, request) = (verifier.clone(), verify(key, &[], ""));
+        async move { verifier.verify(&request).await.expect("verify").reason() }
+    };
+    for key in [&kept, &revoked, &regenerated] {
+        assert_eq!(reason(&key.api_key).await, Reason::Valid);
+    }
+    assert_eq!(verifier.bcrypt_runs(), 3, "one bcrypt per key");
+
+    // Past the time to live each verdict is read again by id: a burst of expiries is a burst
+    // of row reads, not of bcrypts.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(reason(&kept.api_key).await, Reason::Valid);
+    assert_eq!(
+        verifier.bcrypt_runs(),
+        3,
+        "an expired verdict costs no bcrypt"
+    );
+
+    // On SQLite this verifier hears of no change: only the re-read shows them.
+    owner
+        .revoke_key(pb::RevokeKeyRequest {
+            key_id: revoked.key_id.clone(),
+        })
+        .await
+        .expect("revoke");
+    owner
+        .regenerate_key(pb::RegenerateKeyRequest {
+            key_id: regenerated.key_id.clone(),
+            expires_in_days: None,
+        })
+        .await
+        .expect("regenerate");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(reason(&revoked.api_key).await, Reason::Revoked);
+    assert_eq!(
+        reason(&regenerated.api_key).await,
+        Reason::NotFound,
+        "the secret a regenerate replaced"
+    );
+    assert_eq!(reason(&kept.api_key).await, Reason::Valid);
+    assert_eq!(verifier.bcrypt_runs(), 3, "re-reading costs no bcrypt");
 }
 
 async fn rate_limits_count_per_replica_or_across_replicas_through_redis(backend: Backend) {

@@ -3,7 +3,9 @@
 //! touching storage and secret scanners can recognise a real one.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -84,7 +86,9 @@ impl PartialEq for ApiKey {
 }
 
 /// bcrypt work per process: one running per core, and at most `MAX_WAITING` more admitted to
-/// wait. Beyond that a call is refused at once, so no flood can queue unbounded work. Both
+/// wait, and only while the wait they can expect is at most `MAX_WAIT`. Beyond either a call is
+/// refused at once: no flood can queue unbounded work, and no caller waits so long that its
+/// deadline is spent before its bcrypt runs (it would run for a caller who has gone). Both
 /// permits travel into the blocking task: a caller that gives up does not free a slot while its
 /// bcrypt still runs.
 struct Slots {
@@ -93,66 +97,112 @@ struct Slots {
     /// The permits `admitted` was made with: the queue's depth is this less those available.
     capacity: usize,
     /// The permits `running` has now (`set_running`).
-    running_limit: Mutex<usize>,
+    running_limit: AtomicUsize,
+    /// A moving average of recent bcrypt run times, in nanoseconds (0: none yet).
+    average_nanos: AtomicU64,
 }
 
 const MAX_WAITING: usize = 64;
 
+/// The longest expected wait for a running slot a call is admitted to: well inside a caller's
+/// usual deadline of seconds, so what is admitted is still wanted when it runs.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
 static SLOTS: LazyLock<Slots> = LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    Slots {
-        admitted: Arc::new(Semaphore::new(cores + MAX_WAITING)),
-        running: Arc::new(Semaphore::new(cores)),
-        capacity: cores + MAX_WAITING,
-        running_limit: Mutex::new(cores),
-    }
+    Slots::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
 });
+
+impl Slots {
+    fn new(running: usize) -> Self {
+        Self {
+            admitted: Arc::new(Semaphore::new(running + MAX_WAITING)),
+            running: Arc::new(Semaphore::new(running)),
+            capacity: running + MAX_WAITING,
+            running_limit: AtomicUsize::new(running),
+            average_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn depth(&self) -> usize {
+        self.capacity - self.admitted.available_permits()
+    }
+
+    /// Whether a call arriving now would wait longer than `MAX_WAIT`: each admitted call
+    /// beyond those running is one average run ahead of it, shared among the running slots.
+    fn wait_too_long(&self) -> bool {
+        let running = self.running_limit.load(Ordering::Relaxed).max(1);
+        let ahead = self.depth().saturating_sub(running);
+        let average = self.average_nanos.load(Ordering::Relaxed);
+        let expected = u128::from(average) * ahead as u128 / running as u128;
+        expected > MAX_WAIT.as_nanos()
+    }
+
+    /// Folds one run's time into the average, an eighth at a time: recent enough to follow a
+    /// change of cost or load, steady enough that one slow run does not close the queue.
+    fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .average_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(match avg {
+                    0 => sample,
+                    avg => avg - avg / 8 + sample / 8,
+                })
+            });
+    }
+
+    async fn set_running(&self, n: usize) {
+        let n = n.max(1);
+        let now = self.running_limit.swap(n, Ordering::Relaxed);
+        if n > now {
+            self.running.add_permits(n - now);
+        } else if let Ok(taken) = self
+            .running
+            .acquire_many(u32::try_from(now - n).unwrap_or(u32::MAX))
+            .await
+        {
+            taken.forget();
+        }
+    }
+}
 
 /// Sets how many bcrypt operations run at once (at least 1; one per core unless set), for
 /// measuring what leaving a core to the cheap calls is worth. Lowering it waits until enough
 /// running operations have ended.
 pub async fn set_running(n: usize) {
-    let n = n.max(1);
-    let now = {
-        let mut limit = SLOTS
-            .running_limit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::replace(&mut *limit, n)
-    };
-    if n > now {
-        SLOTS.running.add_permits(n - now);
-    } else if let Ok(taken) = SLOTS
-        .running
-        .acquire_many(u32::try_from(now - n).unwrap_or(u32::MAX))
-        .await
-    {
-        taken.forget();
-    }
+    SLOTS.set_running(n).await;
 }
 
 /// An admitted operation's place in the queue; the queue's depth is reported when it is
 /// taken and when it is given back, however the operation ends.
-struct Place(Option<OwnedSemaphorePermit>);
+struct Place {
+    slots: &'static Slots,
+    permit: Option<OwnedSemaphorePermit>,
+}
 
 impl Place {
-    fn take() -> Option<Self> {
-        let permit = SLOTS.admitted.clone().try_acquire_owned().ok()?;
-        report_depth();
-        Some(Self(Some(permit)))
+    fn take(slots: &'static Slots) -> Option<Self> {
+        if slots.wait_too_long() {
+            return None;
+        }
+        let permit = slots.admitted.clone().try_acquire_owned().ok()?;
+        report_depth(slots);
+        Some(Self {
+            slots,
+            permit: Some(permit),
+        })
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        drop(self.0.take());
-        report_depth();
+        drop(self.permit.take());
+        report_depth(self.slots);
     }
 }
 
-fn report_depth() {
-    let depth = SLOTS.capacity - SLOTS.admitted.available_permits();
-    crate::observe::queue_depth("bcrypt", depth);
+fn report_depth(slots: &Slots) {
+    crate::observe::queue_depth("bcrypt", slots.depth());
 }
 
 /// Runs one bcrypt operation on the blocking pool, timed for the metrics and traced as a child
@@ -161,9 +211,17 @@ async fn on_blocking_pool<T: Send + 'static>(
     operation: &'static str,
     f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static,
 ) -> Result<T> {
+    run_in(&SLOTS, operation, f).await
+}
+
+async fn run_in<T: Send + 'static>(
+    slots: &'static Slots,
+    operation: &'static str,
+    f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static,
+) -> Result<T> {
     let busy = || Error::Unavailable("too many key checks in progress; try again shortly".into());
-    let admitted = Place::take().ok_or_else(busy)?;
-    let running = SLOTS
+    let admitted = Place::take(slots).ok_or_else(busy)?;
+    let running = slots
         .running
         .clone()
         .acquire_owned()
@@ -175,7 +233,9 @@ async fn on_blocking_pool<T: Send + 'static>(
         let _entered = span.enter();
         let started = std::time::Instant::now();
         let out = f();
-        crate::observe::bcrypt(operation, started.elapsed());
+        let took = started.elapsed();
+        slots.record(took);
+        crate::observe::bcrypt(operation, took);
         out
     })
     .await
@@ -283,6 +343,78 @@ mod tests {
         }
         assert_eq!(SLOTS.admitted.available_permits(), total);
         assert!(key.verify(&hash).await.expect("a place is free"));
+    }
+
+    /// Slots of a test's own, so that other tests' bcrypt work does not move its numbers.
+    fn own_slots(running: usize, average: Duration) -> &'static Slots {
+        let slots = Box::leak(Box::new(Slots::new(running)));
+        slots.average_nanos.store(
+            u64::try_from(average.as_nanos()).expect("small"),
+            Ordering::Relaxed,
+        );
+        slots
+    }
+
+    #[tokio::test]
+    async fn a_call_that_would_wait_too_long_is_refused_at_once() {
+        // One running slot and 400 ms a run: the 4th waiter would wait 1.2 s, over `MAX_WAIT`,
+        // although the queue has room for 64.
+        let slots = own_slots(1, Duration::from_millis(400));
+        let places: Vec<_> = std::iter::from_fn(|| Place::take(slots))
+            .take(100)
+            .collect();
+        assert_eq!(
+            places.len(),
+            4,
+            "admitted while the expected wait was at most 1 s"
+        );
+        assert_eq!(slots.depth(), 4);
+
+        let key = ApiKey::generate().expect("rng");
+        let hash = bcrypt::hash(key.expose(), 4).expect("hash");
+        let check = |slots| {
+            let (key, hash) = (key.clone(), hash.clone());
+            run_in(slots, "verify", move || bcrypt::verify(key.expose(), &hash))
+        };
+        match check(slots).await {
+            Err(Error::Unavailable(m)) => assert!(m.contains("too many key checks"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // More running slots share the same queue: the wait each can expect is shorter.
+        slots.set_running(2).await;
+        assert!(
+            Place::take(slots).is_some(),
+            "two running slots: the 2 ahead wait 0.4 s"
+        );
+        drop(places);
+        assert!(check(slots).await.expect("admitted once the queue drained"));
+    }
+
+    #[tokio::test]
+    async fn the_expected_wait_follows_the_measured_run_times() {
+        let slots = own_slots(1, Duration::ZERO);
+        let key = ApiKey::generate().expect("rng");
+        let hash = bcrypt::hash(key.expose(), 4).expect("hash");
+        let (k, h) = (key.clone(), hash.clone());
+        assert!(
+            run_in(slots, "verify", move || bcrypt::verify(k.expose(), &h))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            slots.average_nanos.load(Ordering::Relaxed) > 0,
+            "the run was measured"
+        );
+        // Unmeasured, a queue is bounded by its count alone: all 65 places are given.
+        let fresh = own_slots(1, Duration::ZERO);
+        let places: Vec<_> = std::iter::from_fn(|| Place::take(fresh))
+            .take(100)
+            .collect();
+        assert_eq!(
+            places.len(),
+            1 + MAX_WAITING,
+            "the count is still the hard cap"
+        );
     }
 
     #[test]

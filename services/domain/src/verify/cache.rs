@@ -68,15 +68,6 @@ impl<V: Clone> Cache<V> {
         self.shard(digest).remove(digest);
     }
 
-    pub fn clear(&self) {
-        for shard in &self.shards {
-            shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clear();
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.shards
             .iter()

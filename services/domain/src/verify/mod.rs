@@ -6,7 +6,9 @@
 //! flood of forged keys sharing a real key's prefix costs no query either.
 //! Revoke, regenerate and expiry take effect at once: expiry is checked on every hit, and a
 //! change invalidates the key's cached verdict here and, through the change feed, on every
-//! other replica. The cache's time to live is only a safety net.
+//! other replica. The cache's time to live is only a safety net: a verdict older than it, like
+//! one the change feed may have missed changes to (a resync), is re-read by the key's id, which
+//! costs one row read and no bcrypt.
 
 pub mod cache;
 mod rate_limit;
@@ -102,8 +104,8 @@ struct Inner {
     /// When the latest invalidation happened, as nanoseconds after `epoch` (0: never). An entry
     /// cached after it cannot be stale, so the hot path skips the lock for it.
     last_invalidation: AtomicU64,
-    /// When the cache was last emptied because changes may have been missed (same unit): an
-    /// entry whose lookup began before it may hold what those changes undid.
+    /// When changes may last have been missed (same unit): an entry whose lookup began before
+    /// it may hold what those changes undid, so it is read again by id.
     resynced: AtomicU64,
     epoch: Instant,
     inflight: Mutex<HashMap<Digest, Arc<OnceCell<Lookup>>>>,
@@ -137,7 +139,9 @@ impl Verifier {
         let inner = Arc::new(Inner {
             // At most 64 (`KeyPolicy::validate`); the bound keeps the bit arithmetic safe anyway.
             registry: scopes.iter().take(64).cloned().collect(),
-            found: Cache::new(settings.cache_max_entries, ttl),
+            // Never dropped for age, only for room: an old verdict is re-read by id (`cached`),
+            // so its proof that the presented key is this key's secret is not thrown away.
+            found: Cache::new(settings.cache_max_entries, Duration::MAX),
             unknown: Cache::new(
                 settings.negative_cache_max_entries,
                 Duration::from_secs(settings.negative_cache_ttl_secs.max(1)),
@@ -191,13 +195,14 @@ impl Verifier {
             .store(self.inner.since_epoch(now), Ordering::Release);
     }
 
-    /// Forgets every cached verdict: changes may have been missed. Lookups still running
-    /// started before this, so what they cache is not trusted either.
+    /// Marks every cached verdict stale: changes may have been missed. Each is read again by
+    /// id when next asked for, which sees a revoke or a regenerate and costs no bcrypt (the
+    /// cache maps the presented key's digest to a key bcrypt matched). Lookups still running
+    /// started before this, so what they cache is stale too.
     fn resync(&self) {
         let now = self.inner.since_epoch(Instant::now());
         self.inner.resynced.store(now, Ordering::Release);
         self.inner.last_invalidation.store(now, Ordering::Release);
-        self.inner.found.clear();
     }
 
     /// Writes pending usage counts now (also done periodically and at shutdown).
@@ -292,18 +297,22 @@ impl Verifier {
         Ok((response, Some(info)))
     }
 
-    /// The cached verdict; `Stale` when the key changed since it was cached, so it must be
-    /// read again (by id: this digest is already known to belong to that key).
+    /// The cached verdict; `Stale` when the key changed since it was cached, changes may have
+    /// been missed since, or it is older than the time to live, so it must be read again (by
+    /// id: this digest is already known to belong to that key).
     fn cached(&self, digest: &Digest) -> Cached {
         let Some((info, at)) = self.inner.found.get(digest) else {
             return Cached::None;
         };
+        if at.elapsed() >= time_to_live(self.inner.ttl, digest) {
+            return Cached::Stale(info);
+        }
         let at_nanos = self.inner.since_epoch(at);
         if at_nanos > self.inner.last_invalidation.load(Ordering::Acquire) {
             return Cached::Fresh(info);
         }
         if at_nanos <= self.inner.resynced.load(Ordering::Acquire) {
-            return Cached::None;
+            return Cached::Stale(info);
         }
         let invalidated = self
             .inner
@@ -589,10 +598,19 @@ impl Verifier {
     }
 }
 
+/// `ttl` less up to a tenth, by the digest: keys first verified together (a gateway's burst
+/// after a restart) are read again spread over that tenth rather than all in one instant. Each
+/// re-read is one row read by id, so this only smooths the database's load; it is never shorter
+/// than nine tenths, so `Invalidated` keeping each change for a whole `ttl` stays enough.
+fn time_to_live(ttl: Duration, digest: &Digest) -> Duration {
+    // Divided first: a tenth of any `ttl` times 255 cannot overflow.
+    ttl - ttl / 2550 * u32::from(digest[1])
+}
+
 /// When each key was last invalidated, for as long as a verdict cached before it could still be
-/// in the cache (its time to live). Entries past that are pruned when the map has doubled since
-/// the last pruning, so a steady stream of revocations costs amortized constant time each, not a
-/// sweep of the whole map every time.
+/// trusted (its time to live: older ones are read again anyway). Entries past that are pruned
+/// when the map has doubled since the last pruning, so a steady stream of revocations costs
+/// amortized constant time each, not a sweep of the whole map every time.
 #[derive(Default)]
 struct Invalidated {
     at: HashMap<Uuid, Instant>,
@@ -734,5 +752,29 @@ async fn flush_usage(inner: std::sync::Weak<Inner>, every: Duration) {
         if let Err(e) = inner.usage.flush(&inner.db).await {
             tracing::warn!(error = %e, "usage flush failed; the counts are kept for the next one");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_go_stale_spread_over_the_last_tenth_of_their_time_to_live() {
+        let ttl = Duration::from_secs(300);
+        let mut digest = [0u8; 32];
+        let mut lives = Vec::new();
+        for byte in [0u8, 1, 128, 255] {
+            digest[1] = byte;
+            lives.push(time_to_live(ttl, &digest));
+        }
+        assert_eq!(lives[0], ttl);
+        assert!(lives.windows(2).all(|w| w[1] < w[0]), "{lives:?}");
+        assert!(
+            lives[3] >= ttl - ttl / 10 && lives[3] < ttl - ttl / 11,
+            "{lives:?}"
+        );
+        // Any configured lifetime, however long, is safe to spread.
+        assert!(time_to_live(Duration::MAX, &digest) < Duration::MAX);
     }
 }
