@@ -18,6 +18,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod oidc;
+mod oidc_login;
 mod outbound;
 mod overload;
 mod platform_keys;

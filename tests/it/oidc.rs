@@ -20,13 +20,13 @@ use tonic::Code;
 
 use crate::support::{Backend, TempDir, TestServer};
 
-const AUDIENCE: &str = "https://keyhouse.test";
+pub(crate) const AUDIENCE: &str = "https://keyhouse.test";
 const KEYS: &str = "/api/v1/account/uc-api-keys";
 
 /// `tests/oidc/provider.mjs`, running until dropped.
-struct Provider {
+pub(crate) struct Provider {
     child: Child,
-    issuer: String,
+    pub(crate) issuer: String,
     /// The provider's current signing key, as `provider.mjs` describes it.
     keys: Value,
     /// Kept open: a write to a closed pipe would end the provider.
@@ -40,7 +40,7 @@ fn provider_script() -> &'static std::path::Path {
 }
 
 impl Provider {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         tokio::task::spawn_blocking(|| {
             let logs = TempDir::new();
             let stderr = std::fs::File::create(logs.0.join("stderr")).expect("log file");

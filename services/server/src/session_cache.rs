@@ -39,6 +39,14 @@ impl SessionCache {
         (now < *until).then(|| principal.clone())
     }
 
+    /// Forgets a session that was just ended here (a sign-out), so it stops working on this
+    /// replica at once; other replicas forget it when their entry lapses.
+    pub fn remove(&self, digest: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(digest);
+        }
+    }
+
     /// Remembers a session resolved at `now` that ends at `expires_at`.
     pub fn put(
         &self,

@@ -103,6 +103,27 @@ impl KeyRing {
             .collect()
     }
 
+    /// A ring of Fernet keys derived for `purpose` from this one (see `derive`), primary first:
+    /// for short-lived secrets keyhouse hands to a client to bring back (a browser sign-in in
+    /// progress), which any replica must open and no one else may read or alter.
+    pub fn derived(&self, purpose: &str) -> KeyRing {
+        use base64::Engine as _;
+        let texts: Vec<Zeroizing<String>> = self
+            .derive(purpose)
+            .iter()
+            .map(|secret| {
+                Zeroizing::new(base64::engine::general_purpose::URL_SAFE.encode(secret.as_ref()))
+            })
+            .collect();
+        let keys = texts
+            .iter()
+            .map(|text| {
+                Fernet::new(text).unwrap_or_else(|| unreachable!("32 bytes make a Fernet key"))
+            })
+            .collect();
+        Self { keys, texts }
+    }
+
     pub fn generate_key() -> String {
         Fernet::generate_key()
     }
