@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 use crate::auth;
 use crate::grpc::status;
 use crate::oidc::{CALLBACK_PATH, Oidc};
-use crate::rest::{Places, RestError};
+use crate::rest::{ErrorBody, Places, RestError, ValidationErrorBody};
 use crate::session_cache::SessionCache;
 
 pub const LOGIN_PATH: &str = "/auth/login";
@@ -37,6 +37,14 @@ const LOGIN_SECS: i64 = 600;
 const SESSION_HOURS: i64 = 8;
 /// What the derived keys and the sealed cookie are for; nothing else opens them.
 const PURPOSE: &str = "oidc browser login";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(start, callback, logout),
+    components(schemas(ErrorBody, ValidationErrorBody)),
+    tags((name = "sign-in", description = "The browser login through the OIDC issuer, and signing out"))
+)]
+pub struct Docs;
 
 #[derive(Clone)]
 pub struct Login {
@@ -142,7 +150,14 @@ fn redirect(to: &str, cookies: Vec<HeaderValue>) -> Response {
     (StatusCode::SEE_OTHER, headers).into_response()
 }
 
-/// `GET /auth/login[?next=/path]`: a new sign-in, sent to the issuer's authorization endpoint.
+/// Sign in through the OIDC issuer: redirects the browser to the provider's login page
+/// (Authorization Code with PKCE), which sends it back to `/auth/callback`.
+#[utoipa::path(get, path = "/auth/login", tag = "sign-in",
+    params(("next" = Option<String>, Query, description = "where to go after signing in: a path on this site (default /)")),
+    responses((status = 303, description = "To the identity provider; sets the short-lived, sealed `keyhouse_login` cookie"),
+              (status = 409, description = "Browser sign-in is not configured", body = ErrorBody),
+              (status = 422, description = "`next` is not a path on this site", body = ValidationErrorBody),
+              (status = 503, description = "The identity provider is unreachable", body = ErrorBody)))]
 async fn start(State(login): State<Login>, RawQuery(query): RawQuery) -> Result<Response, RestError> {
     let oidc = login.oidc()?;
     let client = oidc.login_client().map_err(fail)?;
@@ -200,7 +215,18 @@ fn pending(login: &Login, headers: &HeaderMap) -> Option<Pending> {
     (pending.until > chrono::Utc::now().timestamp()).then_some(pending)
 }
 
-/// `GET /auth/callback?code&state`: the issuer sends the browser back here.
+/// Where the identity provider sends the browser back: checks `state` against the sign-in this
+/// browser started, trades the code, checks the ID token (signature, `iss`, `aud`, `exp`,
+/// `nonce`) and starts a keyhouse session.
+#[utoipa::path(get, path = "/auth/callback", tag = "sign-in",
+    params(("code" = String, Query, description = "the provider's authorization code"),
+           ("state" = String, Query, description = "the state `/auth/login` sent")),
+    responses((status = 303, description = "Signed in: to `next`, with the `session_token` (HttpOnly) and `csrf_token` cookies"),
+              (status = 400, description = "No sign-in in progress, a wrong state, or a code the provider refused (used or expired)", body = ErrorBody),
+              (status = 401, description = "The ID token does not check", body = ErrorBody),
+              (status = 409, description = "Browser sign-in is not configured", body = ErrorBody),
+              (status = 403, description = "The identity provider grants no keyhouse role", body = ErrorBody),
+              (status = 503, description = "The identity provider or the database is unreachable", body = ErrorBody)))]
 async fn callback(
     State(login): State<Login>,
     RawQuery(query): RawQuery,
@@ -282,11 +308,17 @@ async fn callback(
     Ok(redirect(&pending.next, cookies))
 }
 
-/// `POST /auth/logout`: deletes the caller's session and clears its cookies. As a cookie call
-/// it passes the CSRF check first, so no other site can sign a browser out.
+/// Sign out: ends the browser's session (the `session_token` cookie) and clears its cookies. With the session cookie it needs
+/// `X-CSRF-Token` equal to the `csrf_token` cookie, so no other site can sign a browser out.
+#[utoipa::path(post, path = "/auth/logout", tag = "sign-in",
+    responses((status = 204, description = "Signed out (also when there was no session); the cookies are cleared"),
+              (status = 403, description = "The CSRF check failed (cookie sessions)", body = ErrorBody),
+              (status = 503, description = "The database is unreachable", body = ErrorBody)))]
 async fn logout(State(login): State<Login>, headers: HeaderMap) -> Result<Response, RestError> {
-    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(token) = auth::session_token(text(header::AUTHORIZATION), text(header::COOKIE)) {
+    // The browser's session only: a bearer session (a script's) ends with `keyhouse session
+    // revoke`, so that a script calling every path cannot end its own session by accident.
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    if let Some(token) = cookies.and_then(|c| auth::cookie_value(c, "session_token")) {
         db::guarded(&login.db, sessions::revoke(&login.db, token))
             .await
             .map_err(fail)?;
