@@ -154,8 +154,9 @@ async fn chromium_signs_in_at_the_provider_gets_a_session_cookie_and_signs_out()
         .filter_map(|v| v.to_str().ok())
         .collect();
     assert!(
-        cleared.iter().any(|c| c.starts_with("session_token=;")
-            && c.contains("Max-Age=0")),
+        cleared
+            .iter()
+            .any(|c| c.starts_with("session_token=;") && c.contains("Max-Age=0")),
         "{cleared:?}"
     );
     // At once, on the replica that had just resolved it (its session cache must not keep it).
@@ -188,7 +189,10 @@ async fn start_login(server: &TestServer) -> (reqwest::Url, String) {
     let to = res.headers()["location"].to_str().expect("location");
     let to = reqwest::Url::parse(to).expect("a URL");
     let set = res.headers()["set-cookie"].to_str().expect("set-cookie");
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
     let value = set
         .strip_prefix("keyhouse_login=")
         .and_then(|rest| rest.split(';').next())

@@ -158,7 +158,10 @@ fn redirect(to: &str, cookies: Vec<HeaderValue>) -> Response {
               (status = 409, description = "Browser sign-in is not configured", body = ErrorBody),
               (status = 422, description = "`next` is not a path on this site", body = ValidationErrorBody),
               (status = 503, description = "The identity provider is unreachable", body = ErrorBody)))]
-async fn start(State(login): State<Login>, RawQuery(query): RawQuery) -> Result<Response, RestError> {
+async fn start(
+    State(login): State<Login>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, RestError> {
     let oidc = login.oidc()?;
     let client = oidc.login_client().map_err(fail)?;
     let next = query_value(&query, "next").unwrap_or_else(|| "/".to_owned());

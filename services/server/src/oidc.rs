@@ -438,7 +438,12 @@ impl Oidc {
     }
 
     /// Trades an authorization code (with its PKCE verifier) for the provider's ID token.
-    pub async fn exchange(&self, token_endpoint: Url, code: &str, verifier: &str) -> Result<String> {
+    pub async fn exchange(
+        &self,
+        token_endpoint: Url,
+        code: &str,
+        verifier: &str,
+    ) -> Result<String> {
         let client = self.login_client()?;
         let form = [
             ("grant_type", "authorization_code"),
@@ -450,7 +455,8 @@ impl Oidc {
         let mut request = self.0.http.post(token_endpoint).form(&form);
         if let Some(secret) = &client.secret {
             // RFC 6749 2.3.1: both are form-encoded before they go into Basic.
-            let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             request = request.basic_auth(encode(&client.id), Some(encode(secret.expose())));
         }
         let response = request.send().await.map_err(|e| {

@@ -214,6 +214,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_derived_ring_opens_only_its_own_purpose_and_survives_rotation() {
+        let (old, new) = (KeyRing::generate_key(), KeyRing::generate_key());
+        let ring = KeyRing::parse(&old, "test").expect("ring");
+        let sealed = ring.derived("login").encrypt_bound("c", "state");
+        // Another replica with the same ring opens it, also after the primary is rotated.
+        let rotated = KeyRing::parse(&format!("{new},{old}"), "test").expect("ring");
+        assert_eq!(
+            rotated
+                .derived("login")
+                .decrypt_bound("c", &sealed)
+                .expect("opens")
+                .as_str(),
+            "state"
+        );
+        // Neither the ring itself nor a ring derived for another purpose can.
+        assert!(ring.decrypt_bound("c", &sealed).is_err());
+        assert!(ring.derived("other").decrypt_bound("c", &sealed).is_err());
+        let stranger = KeyRing::parse(&new, "test").expect("ring");
+        assert!(
+            stranger
+                .derived("login")
+                .decrypt_bound("c", &sealed)
+                .is_err()
+        );
+    }
+
+    #[test]
     fn the_first_key_encrypts_and_every_key_decrypts() {
         let (old, new) = (KeyRing::generate_key(), KeyRing::generate_key());
         let old_ring = KeyRing::parse(&old, "test").expect("ring");
