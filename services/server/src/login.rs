@@ -201,11 +201,24 @@ async fn start(
         serde_json::to_string(&pending).map_err(|e| fail(Error::internal(e)))?,
     );
     let sealed = login.ring.encrypt_bound(LOGIN_COOKIE, &plain);
-    let attributes = format!("HttpOnly; SameSite=Lax; Path=/auth; Max-Age={LOGIN_SECS}");
+    let attributes = format!(
+        "HttpOnly; SameSite=Lax; Path={}; Max-Age={LOGIN_SECS}",
+        login_cookie_path(client)
+    );
     Ok(redirect(
         to.as_str(),
         vec![cookie(LOGIN_COOKIE, &sealed, &attributes, client.secure)],
     ))
+}
+
+/// Where the browser sends the login cookie: the callback's folder as browsers see it (behind
+/// a proxy that adds a path prefix, that prefix included), so no other path ever gets it.
+fn login_cookie_path(client: &crate::oidc::Client) -> &str {
+    client
+        .redirect
+        .path()
+        .strip_suffix("/callback")
+        .unwrap_or("/auth")
 }
 
 /// The sign-in the login cookie holds, if it is ours and still counts.
@@ -304,7 +317,10 @@ async fn callback(
         cookie(
             LOGIN_COOKIE,
             "",
-            "HttpOnly; SameSite=Lax; Path=/auth; Max-Age=0",
+            &format!(
+                "HttpOnly; SameSite=Lax; Path={}; Max-Age=0",
+                login_cookie_path(client)
+            ),
             secure,
         ),
     ];
