@@ -93,12 +93,13 @@ impl Login {
         })
     }
 
-    /// Whether cookies get `Secure`: everywhere but a loopback http redirect URL.
+    /// Whether cookies get `Secure`: everywhere but a loopback http redirect URL. Without a
+    /// login client, sign-out clears cookies without it, which works over http too.
     fn secure(&self) -> bool {
         self.oidc
             .as_ref()
             .and_then(|o| o.login_client().ok())
-            .is_none_or(|c| c.secure)
+            .is_some_and(|c| c.secure)
     }
 }
 

@@ -33,7 +33,7 @@ pub const CLOCK_SKEW_SECS: u64 = 60;
 const KEYS_MAX_AGE: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Discovery documents and key sets are small; a larger answer is refused.
+/// Discovery documents, key sets and token answers are small; a larger answer is refused.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 const ISSUER_UNAVAILABLE: &str = "the identity provider is unavailable; try again shortly";
 
@@ -464,7 +464,10 @@ impl Oidc {
             Error::Unavailable(ISSUER_UNAVAILABLE.into())
         })?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or_default();
+        let body: Value = match read_bounded(response).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
         if !status.is_success() {
             // A used, expired or foreign code: the provider says invalid_grant. Its error code
             // (never a token) is what the operator needs.
@@ -626,17 +629,21 @@ impl Oidc {
     }
 
     async fn get(&self, url: Url) -> anyhow::Result<Vec<u8>> {
-        let mut response = self.0.http.get(url).send().await?.error_for_status()?;
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            body.extend_from_slice(&chunk);
-            anyhow::ensure!(
-                body.len() <= MAX_DOCUMENT_BYTES,
-                "answer larger than {MAX_DOCUMENT_BYTES} bytes"
-            );
-        }
-        Ok(body)
+        read_bounded(self.0.http.get(url).send().await?.error_for_status()?).await
     }
+}
+
+/// An answer's body, refused when larger than `MAX_DOCUMENT_BYTES`.
+async fn read_bounded(mut response: reqwest::Response) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+        anyhow::ensure!(
+            body.len() <= MAX_DOCUMENT_BYTES,
+            "answer larger than {MAX_DOCUMENT_BYTES} bytes"
+        );
+    }
+    Ok(body)
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {
