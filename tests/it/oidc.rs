@@ -116,7 +116,7 @@ impl Provider {
     }
 
     /// `claims` signed here with the provider's own key, as the provider would sign them.
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let key = EncodingKey::from_rsa_pem(self.pem("private_pem")).expect("the provider's key");
         jsonwebtoken::encode(&self.header(Algorithm::RS256), claims, &key).expect("sign")
     }
@@ -128,7 +128,7 @@ impl Provider {
     }
 
     /// Claims the provider would issue to a keyhouse user now.
-    fn claims(&self) -> Value {
+    pub(crate) fn claims(&self) -> Value {
         let now = chrono::Utc::now().timestamp();
         json!({
             "iss": self.issuer,

@@ -316,3 +316,41 @@ async fn browser_login_settings_come_together_or_keyhouse_refuses_to_start() {
         assert!(!text.contains("s3cret-value"), "{text}");
     }
 }
+
+/// The ID token check itself, on tokens signed with the provider's own key: the login client's
+/// id as `aud` (a token for the API audience is no ID token for keyhouse) and the `nonce` this
+/// sign-in sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_needs_the_client_as_audience_and_the_sign_ins_nonce() {
+    let provider = Provider::start().await;
+    let settings = keyhouse_server::oidc::OidcSettings {
+        issuer: Some(provider.issuer.clone()),
+        audience: Some(AUDIENCE.into()),
+        user_roles: vec!["keyhouse-user".into()],
+        client_id: Some("keyhouse-web".into()),
+        redirect_url: Some("http://127.0.0.1:1/auth/callback".into()),
+        ..Default::default()
+    };
+    let oidc = settings.build().expect("valid").expect("configured");
+    let id_token = |aud: &str, nonce: &str| {
+        let mut claims = provider.claims();
+        claims["aud"] = aud.into();
+        claims["nonce"] = nonce.into();
+        provider.sign(&claims)
+    };
+    let principal = oidc
+        .id_token_principal(&id_token("keyhouse-web", "n-1"), "n-1")
+        .await
+        .expect("the sign-in's own ID token");
+    assert_eq!(principal.user_id, "signed-here");
+    for (what, token) in [
+        ("another sign-in's nonce", id_token("keyhouse-web", "n-2")),
+        ("the API audience", id_token(AUDIENCE, "n-1")),
+    ] {
+        let refused = oidc.id_token_principal(&token, "n-1").await;
+        assert!(
+            matches!(refused, Err(keyhouse_domain::Error::Unauthenticated(_))),
+            "{what}: {refused:?}"
+        );
+    }
+}
