@@ -47,6 +47,8 @@ EXPECTED_ROUTES = {
         "/api/v1/account/uc-api-keys",
         "/api/v1/byok",
         "/api/v1/auth/validate-key",
+        # The browser login (every binary serves it; one service's replicas are enough).
+        "/auth",
         "/keyhouse.v1.UserKeyService/",
     ],
     "platform-key-service": [],
@@ -90,6 +92,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("OIDC issuer with no role mapped (template check)",
      {"config": {"oidc": {"issuer": "https://sso.example.com/realms/ops", "audience": "keyhouse"}}},
      "config.oidc.userRoles"),
+    ("OIDC redirect URL over plain http", {"config": {"oidc": {"redirectUrl": "http://keyhouse.example.com/auth/callback"}}}),
+    ("OIDC login client without a redirect URL (template check)",
+     {"config": {"oidc": {"issuer": "https://sso.example.com/realms/ops", "audience": "keyhouse",
+                          "userRoles": ["keyhouse-user"], "clientId": "keyhouse-web"}}},
+     "config.oidc.redirectUrl"),
     ("DATABASE_URL that is not PostgreSQL", {"secret": {"databaseUrl": "mysql://u:p@db/keyhouse"}}),
     ("malformed Fernet key", {"secret": {"encryptionKeys": "not-a-fernet-key"}}),
     ("ingress host that is not a DNS name", {"ingress": {"hosts": ["Keyhouse_Example.com"]}}),
@@ -369,6 +376,13 @@ def wiring_problems(docs: list[dict], values: dict) -> list[str]:
             oidc = values["config"].get("oidc") or {}
             if env.get("KEYHOUSE_OIDC_ISSUER", {}).get("value", "") != oidc.get("issuer", ""):
                 p.append(f"Deployment {name}: KEYHOUSE_OIDC_ISSUER is not the configured issuer")
+            if env.get("KEYHOUSE_OIDC_CLIENT_ID", {}).get("value", "") != oidc.get("clientId", ""):
+                p.append(f"Deployment {name}: KEYHOUSE_OIDC_CLIENT_ID is not the configured client")
+            secret_ref = (env.get("KEYHOUSE_OIDC_CLIENT_SECRET", {}).get("valueFrom") or {}).get("secretKeyRef")
+            if "KEYHOUSE_OIDC_CLIENT_SECRET" in env and not secret_ref:
+                p.append(f"Deployment {name}: KEYHOUSE_OIDC_CLIENT_SECRET is not read from a Secret")
+            if values["secret"].get("oidcClientSecret") and not secret_ref:
+                p.append(f"Deployment {name}: the configured OIDC client secret does not reach the pod")
             for probe, service in (("livenessProbe", ""), ("readinessProbe", GRPC_SERVICE.get(component))):
                 if not values["probes"][probe.replace("Probe", "")]["enabled"]:
                     continue

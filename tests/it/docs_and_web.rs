@@ -30,6 +30,9 @@ const REST_PATHS: &[&str] = &[
     "/api/v1/admin/platform-keys/{name}/rollback",
     "/api/v1/admin/platform-keys/{name}/test",
     "/api/v1/admin/audit-events",
+    "/auth/login",
+    "/auth/callback",
+    "/auth/logout",
 ];
 
 fn repo_root() -> std::path::PathBuf {

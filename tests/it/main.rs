@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod oidc;
 mod ops_center;
+mod oidc_login;
 mod outbound;
 mod overload;
 mod platform_keys;

@@ -128,7 +128,7 @@ impl Provider {
     }
 
     /// Claims the provider would issue to a keyhouse user now.
-    fn claims(&self) -> Value {
+    pub(crate) fn claims(&self) -> Value {
         let now = chrono::Utc::now().timestamp();
         json!({
             "iss": self.issuer,
@@ -494,7 +494,7 @@ async fn bad_oidc_settings_refuse_to_start_naming_the_setting() {
 /// non-zero and its log names the variable.
 #[test]
 fn bad_oidc_variables_stop_keyhouse_serve_naming_the_variable() {
-    let cases: [(&str, &[(&str, &str)]); 2] = [
+    let cases: [(&str, &[(&str, &str)]); 3] = [
         (
             "KEYHOUSE_OIDC_ISSUER 'http://keycloak:8080/realms/ops' must be an https URL",
             &[
@@ -506,6 +506,16 @@ fn bad_oidc_variables_stop_keyhouse_serve_naming_the_variable() {
         (
             "KEYHOUSE_OIDC_AUDIENCE is set without KEYHOUSE_OIDC_ISSUER",
             &[("KEYHOUSE_OIDC_AUDIENCE", "keyhouse")],
+        ),
+        (
+            "KEYHOUSE_OIDC_REDIRECT_URL is required with KEYHOUSE_OIDC_CLIENT_ID",
+            &[
+                ("KEYHOUSE_OIDC_ISSUER", "https://id.example/realms/ops"),
+                ("KEYHOUSE_OIDC_AUDIENCE", "keyhouse"),
+                ("KEYHOUSE_OIDC_USER_ROLES", "keyhouse-user"),
+                ("KEYHOUSE_OIDC_CLIENT_ID", "keyhouse-web"),
+                ("KEYHOUSE_OIDC_CLIENT_SECRET", "s3cret-value"),
+            ],
         ),
     ];
     for (expected, vars) in cases {

@@ -190,6 +190,13 @@ impl TestServer {
 
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut ServerSettings)) -> Self {
         let test_db = TestDb::new(backend).await;
+        let mut settings = Self::test_settings(&test_db);
+        configure(&mut settings);
+        Self::serve(settings, Some(test_db)).await
+    }
+
+    /// The settings every test server starts from, on `test_db`.
+    fn test_settings(test_db: &TestDb) -> ServerSettings {
         let mut settings = ServerSettings::new(test_db.url.clone());
         // The lowest cost bcrypt allows: these tests are about behaviour, not hashing speed.
         settings.domain.keys.bcrypt_cost = 4;
@@ -199,8 +206,7 @@ impl TestServer {
         settings.domain.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
         // Isolated from whatever provider variables the machine running the tests has.
         settings.domain.platform_env = Some(EnvFallback::default());
-        configure(&mut settings);
-        Self::serve(settings, Some(test_db)).await
+        settings
     }
 
     /// A second server on the same database and keys: another replica.
@@ -208,11 +214,35 @@ impl TestServer {
         Self::serve(self.settings.clone(), None).await
     }
 
+    /// Like `start_with`, for settings that name the server's own address (a redirect URL):
+    /// `configure` also gets the address it will serve on.
+    pub async fn start_at(
+        backend: Backend,
+        configure: impl FnOnce(&mut ServerSettings, std::net::SocketAddr),
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let test_db = TestDb::new(backend).await;
+        let mut settings = Self::test_settings(&test_db);
+        configure(&mut settings, addr);
+        Self::serve_on(settings, Some(test_db), listener).await
+    }
+
     /// `keyhouse serve` with exactly these settings, on the database they name.
     pub async fn serve(settings: ServerSettings, test_db: Option<TestDb>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Self::serve_on(settings, test_db, listener).await
+    }
+
+    async fn serve_on(
+        settings: ServerSettings,
+        test_db: Option<TestDb>,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(keyhouse::serve(settings.clone(), listener, async {

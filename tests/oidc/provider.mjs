@@ -12,6 +12,13 @@
 //   service-unmapped → ["billing-viewer"], service-user-es256 → ["keyhouse-user"], signed ES256
 //   (every other client's tokens are RS256).
 //
+// The browser login's client is `keyhouse-web` (Authorization Code with PKCE, secret
+// "secret-keyhouse-web"), redirecting to http://127.0.0.1:<any port>/auth/callback (a native
+// client's loopback redirect, so the test's keyhouse may be on any port). Its users sign in on the
+// provider's own development pages (any login name, any password, then consent); the ID token
+// holds `email` and `realm_access.roles`: a login starting with "admin" → ["keyhouse-admin"],
+// with "unmapped" → ["billing-viewer"], any other → ["keyhouse-user"].
+//
 // POST /admin/rotate replaces the signing key (the old one leaves the JWKS) and answers the same
 // JSON as the first line. Usage: node provider.mjs [port]
 import * as crypto from 'node:crypto';
@@ -25,6 +32,21 @@ const ROLES = {
   'service-admin': ['keyhouse-admin'],
   'service-unmapped': ['billing-viewer'],
 };
+
+const WEB_CLIENT = {
+  client_id: 'keyhouse-web',
+  client_secret: 'secret-keyhouse-web',
+  application_type: 'native',
+  grant_types: ['authorization_code'],
+  response_types: ['code'],
+  redirect_uris: ['http://127.0.0.1/auth/callback'],
+};
+
+function accountRoles(login) {
+  if (login.startsWith('admin')) return ['keyhouse-admin'];
+  if (login.startsWith('unmapped')) return ['billing-viewer'];
+  return ['keyhouse-user'];
+}
 
 function newKey() {
   const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -48,16 +70,23 @@ function makeProvider(issuer, key) {
     jwks: { keys: [key.jwk, ecKey] },
     cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
     ttl: { ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? 300 },
-    clients: Object.keys(ROLES).map((id) => ({
+    clients: [...Object.keys(ROLES).map((id) => ({
       client_id: id,
       client_secret: `secret-${id}`,
       grant_types: ['client_credentials'],
       redirect_uris: [],
       response_types: [],
       token_endpoint_auth_method: 'client_secret_post',
-    })),
+    })), WEB_CLIENT],
+    findAccount: (_ctx, sub) => ({
+      accountId: sub,
+      claims: () => ({ sub, email: `${sub}@example.test`, realm_access: { roles: accountRoles(sub) } }),
+    }),
+    claims: { openid: ['sub', 'realm_access'], email: ['email'] },
+    // The scopes' claims go into the ID token itself, as Keycloak puts roles there when asked.
+    conformIdTokenClaims: false,
     features: {
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,

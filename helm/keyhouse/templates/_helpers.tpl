@@ -236,6 +236,26 @@ true
 {{- end }}
 - name: KEYHOUSE_OIDC_JWKS_REFRESH_SECS
   value: {{ .jwksRefreshSecs | int | toString | quote }}
+{{- if .clientId }}
+{{- if not .redirectUrl }}
+{{- fail "config.oidc.redirectUrl is required with config.oidc.clientId: keyhouse's /auth/callback as browsers reach it" }}
+{{- end }}
+- name: KEYHOUSE_OIDC_CLIENT_ID
+  value: {{ .clientId | quote }}
+- name: KEYHOUSE_OIDC_REDIRECT_URL
+  value: {{ .redirectUrl | quote }}
+{{- if or $v.secret.existingSecret $v.secret.oidcClientSecret }}
+- name: KEYHOUSE_OIDC_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ $v.secret.keys.oidcClientSecret }}
+      optional: {{ if $v.secret.existingSecret }}true{{ else }}false{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and (not .issuer) .clientId }}
+{{- fail "config.oidc.clientId is set without config.oidc.issuer" }}
 {{- end }}
 {{- end }}
 {{- with $v.otel.endpoint }}

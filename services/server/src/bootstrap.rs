@@ -138,6 +138,8 @@ async fn start(
     for mount in mounts {
         mount.mount(&ctx, &mut services).await?;
     }
+    // Every binary signs browsers in: the callback may land on any replica.
+    services.rest = std::mem::take(&mut services.rest).merge(crate::login::router(&ctx));
     Ok((ctx, services))
 }
 

@@ -32,9 +32,10 @@ const REDOC_PAGE: &str = r#"<!DOCTYPE html>
 </html>
 "#;
 
-/// The document every binary starts from; each service merges its paths into it.
+/// The document every binary starts from, with the sign-in paths every binary serves; each
+/// service merges its paths into it.
 pub fn base_document() -> OpenApi {
-    OpenApiBuilder::new()
+    let mut doc = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("keyhouse")
@@ -70,7 +71,9 @@ pub fn base_document() -> OpenApi {
                 )
                 .build(),
         ))
-        .build()
+        .build();
+    doc.merge(<crate::login::Docs as utoipa::OpenApi>::openapi());
+    doc
 }
 
 const BEARER: &str = "bearer";

@@ -11,6 +11,7 @@ mod deadline;
 pub mod docs;
 pub mod grpc;
 pub mod key_file;
+pub mod login;
 pub mod metrics;
 pub mod oidc;
 mod probes;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use keyhouse_domain::caller::{AuthFailure, Principal, Role};
+use keyhouse_domain::config::Secret;
 use keyhouse_domain::{Error, Result};
 use reqwest::Url;
 use serde_json::Value;
@@ -32,7 +33,7 @@ pub const CLOCK_SKEW_SECS: u64 = 60;
 const KEYS_MAX_AGE: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Discovery documents and key sets are small; a larger answer is refused.
+/// Discovery documents, key sets and token answers are small; a larger answer is refused.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 const ISSUER_UNAVAILABLE: &str = "the identity provider is unavailable; try again shortly";
 
@@ -80,6 +81,26 @@ pub struct OidcSettings {
         default_value_t = DEFAULT_JWKS_REFRESH_SECS
     )]
     pub jwks_refresh_secs: u64,
+
+    /// The client keyhouse signs browsers in as (`/auth/login`, Authorization Code with PKCE);
+    /// unset: no browser login. Needs `KEYHOUSE_OIDC_REDIRECT_URL`.
+    #[arg(long = "oidc-client-id", env = "KEYHOUSE_OIDC_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// That client's secret, sent to the token endpoint (HTTP Basic); unset for a public client,
+    /// which PKCE alone protects.
+    #[arg(
+        long = "oidc-client-secret",
+        env = "KEYHOUSE_OIDC_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub client_secret: Option<Secret>,
+
+    /// Where the identity provider sends the browser back: keyhouse's `/auth/callback` as
+    /// browsers reach it, registered with the provider. https, or http on a loopback address
+    /// (then the cookies are not `Secure`).
+    #[arg(long = "oidc-redirect-url", env = "KEYHOUSE_OIDC_REDIRECT_URL")]
+    pub redirect_url: Option<String>,
 }
 
 const DEFAULT_ROLE_CLAIM: &str = "realm_access.roles";
@@ -94,6 +115,9 @@ impl Default for OidcSettings {
             admin_roles: Vec::new(),
             user_roles: Vec::new(),
             jwks_refresh_secs: DEFAULT_JWKS_REFRESH_SECS,
+            client_id: None,
+            client_secret: None,
+            redirect_url: None,
         }
     }
 }
@@ -106,6 +130,12 @@ impl OidcSettings {
             if non_empty(&self.audience).is_some() {
                 return Err(bad(
                     "KEYHOUSE_OIDC_AUDIENCE",
+                    "is set without KEYHOUSE_OIDC_ISSUER".into(),
+                ));
+            }
+            if non_empty(&self.client_id).is_some() {
+                return Err(bad(
+                    "KEYHOUSE_OIDC_CLIENT_ID",
                     "is set without KEYHOUSE_OIDC_ISSUER".into(),
                 ));
             }
@@ -154,6 +184,7 @@ impl OidcSettings {
                 format!("'{both}' is also in KEYHOUSE_OIDC_USER_ROLES"),
             ));
         }
+        let login = self.login()?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("keyhouse/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
@@ -171,10 +202,75 @@ impl OidcSettings {
             users,
             http,
             min_refresh: Duration::from_secs(self.jwks_refresh_secs),
+            login,
             keys: RwLock::new(Arc::new(Keys::default())),
             fetch: tokio::sync::Mutex::new(None),
         }))))
     }
+
+    /// The browser login's client, `None` when no client id is set; its settings come together.
+    fn login(&self) -> Result<Option<Client>> {
+        let secret = self
+            .client_secret
+            .as_ref()
+            .filter(|s| !s.expose().trim().is_empty());
+        let Some(id) = non_empty(&self.client_id) else {
+            if secret.is_some() {
+                return Err(bad(
+                    "KEYHOUSE_OIDC_CLIENT_SECRET",
+                    "is set without KEYHOUSE_OIDC_CLIENT_ID".into(),
+                ));
+            }
+            if non_empty(&self.redirect_url).is_some() {
+                return Err(bad(
+                    "KEYHOUSE_OIDC_REDIRECT_URL",
+                    "is set without KEYHOUSE_OIDC_CLIENT_ID".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let text = non_empty(&self.redirect_url).ok_or_else(|| {
+            bad(
+                "KEYHOUSE_OIDC_REDIRECT_URL",
+                "is required with KEYHOUSE_OIDC_CLIENT_ID: keyhouse's /auth/callback as browsers \
+                 reach it"
+                    .into(),
+            )
+        })?;
+        let redirect = fetchable(text)
+            .map_err(|why| bad("KEYHOUSE_OIDC_REDIRECT_URL", format!("'{text}' {why}")))?;
+        if !redirect.path().ends_with(CALLBACK_PATH) {
+            return Err(bad(
+                "KEYHOUSE_OIDC_REDIRECT_URL",
+                format!("'{text}' must end in {CALLBACK_PATH}, where keyhouse takes the answer"),
+            ));
+        }
+        Ok(Some(Client {
+            id: id.to_owned(),
+            secret: secret.cloned(),
+            secure: redirect.scheme() == "https",
+            redirect,
+        }))
+    }
+}
+
+/// The path the provider sends the browser back to.
+pub const CALLBACK_PATH: &str = "/auth/callback";
+
+/// keyhouse as a client of the identity provider, for the browser login.
+pub struct Client {
+    pub id: String,
+    pub secret: Option<Secret>,
+    pub redirect: Url,
+    /// Cookies are `Secure` unless the redirect URL is plain http on loopback.
+    pub secure: bool,
+}
+
+/// Where the provider's discovery document says to send the browser and to trade the code.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub authorization: Url,
+    pub token: Url,
 }
 
 /// The accepted issuer's verifier, shared by every service of a process (one key cache).
@@ -190,6 +286,7 @@ struct Inner {
     users: HashSet<String>,
     http: reqwest::Client,
     min_refresh: Duration,
+    login: Option<Client>,
     keys: RwLock<Arc<Keys>>,
     /// Held while fetching, so concurrent tokens with an unknown key wait for one fetch; holds
     /// when the last fetch was tried and whether it failed.
@@ -199,6 +296,8 @@ struct Inner {
 #[derive(Default)]
 struct Keys {
     by_kid: HashMap<String, (DecodingKey, Option<Algorithm>)>,
+    /// From the same discovery document; `None` when it names no usable pair.
+    endpoints: Option<Endpoints>,
     fetched: Option<Instant>,
 }
 
@@ -219,6 +318,36 @@ impl Oidc {
     /// one that checks but maps to no role is `PermissionDenied`; an issuer whose keys cannot be
     /// fetched when they are needed is `Unavailable`, never a pass.
     pub async fn principal(&self, token: &str) -> Result<Principal> {
+        let claims = self.claims(token, &self.0.audience).await?;
+        self.principal_of(&claims)
+    }
+
+    /// The principal an ID token from the browser login stands for: checked like a bearer
+    /// token, but for the login client's id as `aud` and with the `nonce` this login sent.
+    pub async fn id_token_principal(&self, token: &str, nonce: &str) -> Result<Principal> {
+        let client = self.login_client()?;
+        let claims = self.claims(token, &client.id).await?;
+        let sent = claims["nonce"].as_str().unwrap_or_default().as_bytes();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(sent, nonce.as_bytes())) {
+            tracing::debug!(reason = "nonce differs", "OIDC ID token refused");
+            return Err(Error::Unauthenticated(AuthFailure::InvalidSession));
+        }
+        self.principal_of(&claims)
+    }
+
+    /// The browser login's client; `FailedPrecondition` when none is configured.
+    pub fn login_client(&self) -> Result<&Client> {
+        self.0.login.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "browser sign-in is not configured: set KEYHOUSE_OIDC_CLIENT_ID and \
+                 KEYHOUSE_OIDC_REDIRECT_URL"
+                    .into(),
+            )
+        })
+    }
+
+    /// The claims of a JWT whose signature, `iss`, `aud` (= `audience`), `exp` and `nbf` check.
+    async fn claims(&self, token: &str, audience: &str) -> Result<Value> {
         let invalid = |why: &str| {
             // The reason is for the operator; the caller learns only that the token failed.
             tracing::debug!(reason = why, "OIDC token refused");
@@ -241,15 +370,19 @@ impl Oidc {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.set_issuer(&[&self.0.issuer]);
-        validation.set_audience(&[&self.0.audience]);
+        validation.set_audience(&[audience]);
         let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
             .map_err(|e| invalid(&e.to_string()))?
             .claims;
-        let user_id = claims["sub"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| invalid("no sub"))?;
-        let role = self.role(&claims).ok_or_else(|| {
+        if claims["sub"].as_str().is_none_or(str::is_empty) {
+            return Err(invalid("no sub"));
+        }
+        Ok(claims)
+    }
+
+    /// The user and role of checked claims; no mapped role is `PermissionDenied`.
+    fn principal_of(&self, claims: &Value) -> Result<Principal> {
+        let role = self.role(claims).ok_or_else(|| {
             Error::PermissionDenied(
                 "your identity provider grants you no keyhouse role; an operator maps roles in \
                  KEYHOUSE_OIDC_ADMIN_ROLES and KEYHOUSE_OIDC_USER_ROLES"
@@ -257,10 +390,102 @@ impl Oidc {
             )
         })?;
         Ok(Principal {
-            user_id: user_id.to_owned(),
+            user_id: claims["sub"].as_str().unwrap_or_default().to_owned(),
             email: claims["email"].as_str().unwrap_or_default().to_owned(),
             role,
         })
+    }
+
+    /// The provider's authorization and token endpoints, from the discovery document keyhouse
+    /// keeps with the keys (fetched now if it has none yet).
+    pub async fn endpoints(&self) -> Result<Endpoints> {
+        let missing = || {
+            Error::Unavailable(
+                "the identity provider's discovery document names no authorization_endpoint \
+                 and token_endpoint"
+                    .into(),
+            )
+        };
+        let current = self.keys();
+        if current.fetched.is_some() && !current.stale() {
+            return current.endpoints.clone().ok_or_else(missing);
+        }
+        let mut last = self.0.fetch.lock().await;
+        let current = self.keys();
+        if current.fetched.is_some() && !current.stale() {
+            return current.endpoints.clone().ok_or_else(missing);
+        }
+        let fetched = self.fetch_keys().await;
+        *last = Some((Instant::now(), fetched.is_err()));
+        match fetched {
+            Ok(keys) => {
+                let endpoints = keys.endpoints.clone();
+                *self.0.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                endpoints.ok_or_else(missing)
+            }
+            Err(why) => {
+                tracing::warn!(
+                    issuer = %self.0.issuer,
+                    error = %why,
+                    "fetching the OIDC issuer's discovery document failed"
+                );
+                current
+                    .endpoints
+                    .clone()
+                    .ok_or_else(|| Error::Unavailable(ISSUER_UNAVAILABLE.into()))
+            }
+        }
+    }
+
+    /// Trades an authorization code (with its PKCE verifier) for the provider's ID token.
+    pub async fn exchange(
+        &self,
+        token_endpoint: Url,
+        code: &str,
+        verifier: &str,
+    ) -> Result<String> {
+        let client = self.login_client()?;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", client.redirect.as_str()),
+            ("client_id", client.id.as_str()),
+            ("code_verifier", verifier),
+        ];
+        let mut request = self.0.http.post(token_endpoint).form(&form);
+        if let Some(secret) = &client.secret {
+            // RFC 6749 2.3.1: both are form-encoded before they go into Basic.
+            let encode =
+                |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(encode(&client.id), Some(encode(secret.expose())));
+        }
+        let response = request.send().await.map_err(|e| {
+            tracing::warn!(issuer = %self.0.issuer, error = %e, "the OIDC token endpoint is unreachable");
+            Error::Unavailable(ISSUER_UNAVAILABLE.into())
+        })?;
+        let status = response.status();
+        let body: Value = match read_bounded(response).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        if !status.is_success() {
+            // A used, expired or foreign code: the provider says invalid_grant. Its error code
+            // (never a token) is what the operator needs.
+            tracing::info!(
+                %status,
+                error = body["error"].as_str().unwrap_or("(none)"),
+                "the OIDC token endpoint refused the authorization code"
+            );
+            return Err(Error::invalid(
+                "code",
+                "the identity provider refused this sign-in (the code is used, expired or not \
+                 ours); start again at /auth/login",
+            ));
+        }
+        body["id_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Unavailable("the identity provider sent no id_token".into()))
     }
 
     /// The role the configured claim maps to: admin if any value is an admin role, else user if
@@ -385,24 +610,40 @@ impl Oidc {
                 by_kid.insert(kid, (key, alg));
             }
         }
+        let endpoint = |name: &str| discovery[name].as_str().and_then(|u| fetchable(u).ok());
+        let endpoints = match (
+            endpoint("authorization_endpoint"),
+            endpoint("token_endpoint"),
+        ) {
+            (Some(authorization), Some(token)) => Some(Endpoints {
+                authorization,
+                token,
+            }),
+            _ => None,
+        };
         Ok(Keys {
             by_kid,
+            endpoints,
             fetched: Some(Instant::now()),
         })
     }
 
     async fn get(&self, url: Url) -> anyhow::Result<Vec<u8>> {
-        let mut response = self.0.http.get(url).send().await?.error_for_status()?;
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            body.extend_from_slice(&chunk);
-            anyhow::ensure!(
-                body.len() <= MAX_DOCUMENT_BYTES,
-                "answer larger than {MAX_DOCUMENT_BYTES} bytes"
-            );
-        }
-        Ok(body)
+        read_bounded(self.0.http.get(url).send().await?.error_for_status()?).await
     }
+}
+
+/// An answer's body, refused when larger than `MAX_DOCUMENT_BYTES`.
+async fn read_bounded(mut response: reqwest::Response) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+        anyhow::ensure!(
+            body.len() <= MAX_DOCUMENT_BYTES,
+            "answer larger than {MAX_DOCUMENT_BYTES} bytes"
+        );
+    }
+    Ok(body)
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {

@@ -40,6 +40,14 @@ impl SessionCache {
         (now < *until).then(|| session.clone())
     }
 
+    /// Forgets a session that was just ended here (a sign-out), so it stops working on this
+    /// replica at once; other replicas forget it when their entry lapses.
+    pub fn remove(&self, digest: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(digest);
+        }
+    }
+
     /// Remembers a session resolved at `now`, until `session.until` at the latest.
     pub fn put(&self, digest: String, session: Resolved, now: DateTime<Utc>) {
         if self.ttl <= chrono::Duration::zero() {

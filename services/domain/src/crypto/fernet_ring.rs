@@ -103,6 +103,27 @@ impl KeyRing {
             .collect()
     }
 
+    /// A ring of Fernet keys derived for `purpose` from this one (see `derive`), primary first:
+    /// for short-lived secrets keyhouse hands to a client to bring back (a browser sign-in in
+    /// progress), which any replica must open and no one else may read or alter.
+    pub fn derived(&self, purpose: &str) -> KeyRing {
+        use base64::Engine as _;
+        let texts: Vec<Zeroizing<String>> = self
+            .derive(purpose)
+            .iter()
+            .map(|secret| {
+                Zeroizing::new(base64::engine::general_purpose::URL_SAFE.encode(secret.as_ref()))
+            })
+            .collect();
+        let keys = texts
+            .iter()
+            .map(|text| {
+                Fernet::new(text).unwrap_or_else(|| unreachable!("32 bytes make a Fernet key"))
+            })
+            .collect();
+        Self { keys, texts }
+    }
+
     pub fn generate_key() -> String {
         Fernet::generate_key()
     }
@@ -191,6 +212,33 @@ impl fmt::Debug for KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_derived_ring_opens_only_its_own_purpose_and_survives_rotation() {
+        let (old, new) = (KeyRing::generate_key(), KeyRing::generate_key());
+        let ring = KeyRing::parse(&old, "test").expect("ring");
+        let sealed = ring.derived("login").encrypt_bound("c", "state");
+        // Another replica with the same ring opens it, also after the primary is rotated.
+        let rotated = KeyRing::parse(&format!("{new},{old}"), "test").expect("ring");
+        assert_eq!(
+            rotated
+                .derived("login")
+                .decrypt_bound("c", &sealed)
+                .expect("opens")
+                .as_str(),
+            "state"
+        );
+        // Neither the ring itself nor a ring derived for another purpose can.
+        assert!(ring.decrypt_bound("c", &sealed).is_err());
+        assert!(ring.derived("other").decrypt_bound("c", &sealed).is_err());
+        let stranger = KeyRing::parse(&new, "test").expect("ring");
+        assert!(
+            stranger
+                .derived("login")
+                .decrypt_bound("c", &sealed)
+                .is_err()
+        );
+    }
 
     #[test]
     fn the_first_key_encrypts_and_every_key_decrypts() {
