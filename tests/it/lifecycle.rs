@@ -249,31 +249,8 @@ async fn postgres_a_revocation_made_while_listen_is_down_is_seen_once_it_returns
         "the first replica caches a VALID verdict"
     );
 
-    // The database refuses new connections, so the LISTEN connections, once ended, stay down
-    // (the pools' open connections keep working). A connection to another database says so.
-    let url = &first.settings.domain.database_url;
-    let name = url.rsplit_once('/').expect("a database name").1.to_owned();
-    let mut admin = PgConnection::connect(&crate::support::postgres_url())
-        .await
-        .expect("connect");
-    let allow = |yes: bool| {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {name} ALLOW_CONNECTIONS {yes}"
-        )))
-    };
-    allow(false)
-        .execute(&mut admin)
-        .await
-        .expect("refuse connections");
-    let ended = sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = $1 AND query ILIKE 'LISTEN%'",
-    )
-    .bind(&name)
-    .fetch_all(&mut admin)
-    .await
-    .expect("end the LISTEN connections");
-    assert_eq!(ended.len(), 2, "one LISTEN connection per replica");
+    let (cut, ended) = FeedCut::start(&first).await;
+    assert_eq!(ended, 2, "one LISTEN connection per replica");
 
     owner
         .revoke_key(pb::RevokeKeyRequest {
@@ -281,10 +258,7 @@ async fn postgres_a_revocation_made_while_listen_is_down_is_seen_once_it_returns
         })
         .await
         .expect("revoke through the second replica while the feed is down");
-    allow(true)
-        .execute(&mut admin)
-        .await
-        .expect("allow connections");
+    cut.restore().await;
 
     // The feed retries every second; once it listens again, the first replica's cached verdicts
     // are stale and the revocation shows (the cached verdict would otherwise last five minutes).
@@ -324,32 +298,9 @@ async fn postgres_after_a_lost_listen_cached_keys_are_read_again_without_bcrypt(
     assert_eq!(reason(&revoked.api_key).await, Reason::Valid);
     assert_eq!(verifier.bcrypt_runs(), 2, "one bcrypt per key");
 
-    // As in the test above: new connections refused, the LISTEN connections ended.
-    let url = &server.settings.domain.database_url;
-    let name = url.rsplit_once('/').expect("a database name").1.to_owned();
-    let mut admin = PgConnection::connect(&crate::support::postgres_url())
-        .await
-        .expect("connect");
-    let allow = |yes: bool| {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {name} ALLOW_CONNECTIONS {yes}"
-        )))
-    };
-    allow(false)
-        .execute(&mut admin)
-        .await
-        .expect("refuse connections");
-    let ended = sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = $1 AND query ILIKE 'LISTEN%'",
-    )
-    .bind(&name)
-    .fetch_all(&mut admin)
-    .await
-    .expect("end the LISTEN connections");
+    let (cut, ended) = FeedCut::start(&server).await;
     assert_eq!(
-        ended.len(),
-        2,
+        ended, 2,
         "the server's LISTEN connection and the verifier's"
     );
     owner
@@ -358,10 +309,7 @@ async fn postgres_after_a_lost_listen_cached_keys_are_read_again_without_bcrypt(
         })
         .await
         .expect("revoke while the feed is down");
-    allow(true)
-        .execute(&mut admin)
-        .await
-        .expect("allow connections");
+    cut.restore().await;
 
     // Once the feed listens again every cached verdict is stale: the revocation shows, and
     // neither key is checked by bcrypt again.
@@ -383,4 +331,48 @@ async fn postgres_after_a_lost_listen_cached_keys_are_read_again_without_bcrypt(
         2,
         "a resync re-reads cached keys by id, without bcrypt"
     );
+}
+
+/// A test database that refuses new connections, with its LISTEN connections ended: the change
+/// feed stays down until `restore` (the pools' open connections keep working).
+struct FeedCut {
+    admin: PgConnection,
+    name: String,
+}
+
+impl FeedCut {
+    /// Cuts `server`'s database's feed; returns the cut and how many LISTEN connections it ended.
+    async fn start(server: &TestServer) -> (Self, usize) {
+        let url = &server.settings.domain.database_url;
+        let name = url.rsplit_once('/').expect("a database name").1.to_owned();
+        // A connection to another database says what this one allows.
+        let admin = PgConnection::connect(&crate::support::postgres_url())
+            .await
+            .expect("connect");
+        let mut cut = Self { admin, name };
+        cut.allow(false).await;
+        let ended = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+        )
+        .bind(&cut.name)
+        .fetch_all(&mut cut.admin)
+        .await
+        .expect("end the LISTEN connections");
+        (cut, ended.len())
+    }
+
+    async fn allow(&mut self, yes: bool) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {yes}",
+            self.name
+        )))
+        .execute(&mut self.admin)
+        .await
+        .expect("ALTER DATABASE ... ALLOW_CONNECTIONS");
+    }
+
+    async fn restore(mut self) {
+        self.allow(true).await;
+    }
 }

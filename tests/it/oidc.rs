@@ -477,15 +477,7 @@ async fn bad_oidc_settings_refuse_to_start_naming_the_setting() {
         settings.oidc.audience = Some(AUDIENCE.into());
         settings.oidc.user_roles = vec!["keyhouse-user".into()];
         change(&mut settings.oidc);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let served = keyhouse::serve(settings, listener, std::future::pending());
-        let err = tokio::time::timeout(Duration::from_secs(30), served)
-            .await
-            .unwrap_or_else(|_| panic!("{setting}: served instead of refusing to start"))
-            .expect_err("refuses to start");
-        let text = format!("{err:#}");
+        let text = crate::support::refusal_to_serve(settings).await;
         assert!(text.contains(setting), "{setting}: {text}");
     }
 }

@@ -303,15 +303,7 @@ async fn browser_login_settings_come_together_or_keyhouse_refuses_to_start() {
         settings.oidc.client_secret = Some(Secret::new("s3cret-value"));
         settings.oidc.redirect_url = Some("https://keyhouse.example/auth/callback".into());
         change(&mut settings.oidc);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let served = keyhouse::serve(settings, listener, std::future::pending());
-        let err = tokio::time::timeout(Duration::from_secs(30), served)
-            .await
-            .unwrap_or_else(|_| panic!("{setting}: served instead of refusing to start"))
-            .expect_err("refuses to start");
-        let text = format!("{err:#}");
+        let text = crate::support::refusal_to_serve(settings).await;
         assert!(text.contains(setting), "{setting}: {text}");
         assert!(!text.contains("s3cret-value"), "{text}");
     }

@@ -509,13 +509,7 @@ async fn a_bad_allowed_network_refuses_to_start_naming_the_variable() {
     settings.domain.keys.bcrypt_cost = 4;
     settings.domain.platform_env = Some(Default::default());
     settings.domain.outbound_allowed_networks = vec!["127.0.0.1/32".into(), "10.0.0/8".into()];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let err = keyhouse::serve(settings, listener, std::future::pending())
-        .await
-        .expect_err("refuses to start");
-    let text = format!("{err:#}");
+    let text = crate::support::refusal_to_serve(settings).await;
     assert!(
         text.contains("KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS: '10.0.0/8' is not a network"),
         "{text}"

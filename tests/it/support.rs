@@ -103,6 +103,20 @@ impl Drop for TestDb {
     }
 }
 
+/// What `keyhouse serve` says when it refuses to start with `settings`, with every cause; a
+/// server that serves instead (30 s without an answer) fails the test rather than hanging it.
+pub async fn refusal_to_serve(settings: ServerSettings) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let served = keyhouse::serve(settings, listener, std::future::pending());
+    let err = tokio::time::timeout(Duration::from_secs(30), served)
+        .await
+        .expect("served instead of refusing to start")
+        .expect_err("refuses to start");
+    format!("{err:#}")
+}
+
 /// The PostgreSQL server's own database, where the test databases are made.
 pub fn postgres_url() -> String {
     std::env::var("KEYHOUSE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
