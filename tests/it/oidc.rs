@@ -333,6 +333,10 @@ async fn tokens_that_do_not_check_are_refused_over_grpc_and_rest() {
         ),
         ("without an audience", with(&|c| c["aud"] = Value::Null)),
         (
+            "naming an internal service as its subject",
+            with(&|c| c["sub"] = json!("service:gateway")),
+        ),
+        (
             "with alg none",
             format!("{}.{real_payload}.", encode_part(&none_header)),
         ),

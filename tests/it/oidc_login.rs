@@ -277,8 +277,12 @@ async fn login_sends_the_browser_to_the_issuer_with_pkce_and_a_wrong_state_is_re
 #[tokio::test]
 async fn browser_login_settings_come_together_or_keyhouse_refuses_to_start() {
     type Change = fn(&mut keyhouse_server::oidc::OidcSettings);
-    let cases: [(&str, Change); 5] = [
+    let cases: [(&str, Change); 6] = [
         ("KEYHOUSE_OIDC_REDIRECT_URL", |o| o.redirect_url = None),
+        // ID tokens would pass as bearer tokens.
+        ("KEYHOUSE_OIDC_CLIENT_ID", |o| {
+            o.client_id = o.audience.clone()
+        }),
         ("KEYHOUSE_OIDC_REDIRECT_URL", |o| {
             o.redirect_url = Some("http://keyhouse.example/auth/callback".into())
         }),

@@ -160,7 +160,7 @@ impl Authenticator {
             && let Some(jwt) = auth::bearer(text("authorization")).filter(|t| oidc::is_jwt(t))
         {
             return Ok(Caller {
-                principal: oidc.principal(jwt).await.map_err(status)?,
+                principal: not_a_service(oidc.principal(jwt).await.map_err(status)?)?,
                 source: IdentitySource::Oidc,
                 request_id: auth::request_id(text("x-request-id")),
                 via_key: None,
@@ -184,7 +184,7 @@ impl Authenticator {
             }
         };
         Ok(Caller {
-            principal: session.principal,
+            principal: not_a_service(session.principal)?,
             source: session.source,
             request_id: auth::request_id(text("x-request-id")),
             via_key: None,
@@ -232,4 +232,14 @@ impl Authenticator {
             _ => Err(status(Error::Unauthenticated(AuthFailure::InvalidSession))),
         }
     }
+}
+
+/// Internal services act as `service:<name>`, and only through their tokens: a user id of that
+/// shape from an identity provider or a session would otherwise act as the service.
+fn not_a_service(principal: Principal) -> Result<Principal, tonic::Status> {
+    if principal.user_id.starts_with("service:") {
+        tracing::warn!("a sign-in named a user id reserved for internal services; refused");
+        return Err(status(Error::Unauthenticated(AuthFailure::InvalidSession)));
+    }
+    Ok(principal)
 }

@@ -229,6 +229,17 @@ impl OidcSettings {
             }
             return Ok(None);
         };
+        // An ID token is made out to the client: were the client also the audience of bearer
+        // tokens, every ID token the login hands a browser would pass as an API credential.
+        if non_empty(&self.audience) == Some(id) {
+            return Err(bad(
+                "KEYHOUSE_OIDC_CLIENT_ID",
+                "must differ from KEYHOUSE_OIDC_AUDIENCE: ID tokens are made out to the login \
+                 client and must not pass as bearer tokens (give access tokens an audience of \
+                 their own, e.g. with an audience mapper)"
+                    .into(),
+            ));
+        }
         let text = non_empty(&self.redirect_url).ok_or_else(|| {
             bad(
                 "KEYHOUSE_OIDC_REDIRECT_URL",
@@ -414,6 +425,14 @@ impl Oidc {
         let current = self.keys();
         if current.fetched.is_some() && !current.stale() {
             return current.endpoints.clone().ok_or_else(missing);
+        }
+        // As for keys: at most one fetch per refresh interval, so a flood of sign-ins while the
+        // provider is down neither queues on the lock nor keeps calling the provider.
+        if last.is_some_and(|(at, _)| at.elapsed() < self.0.min_refresh) {
+            return current
+                .endpoints
+                .clone()
+                .ok_or_else(|| Error::Unavailable(ISSUER_UNAVAILABLE.into()));
         }
         let fetched = self.fetch_keys().await;
         *last = Some((Instant::now(), fetched.is_err()));

@@ -190,9 +190,11 @@ impl Verifier {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         invalidated.insert(key_id, now, self.inner.ttl);
+        // `fetch_max`: a revoke and a resync at once must not move the mark backwards, which
+        // would let an entry cached before the later of the two pass as fresh.
         self.inner
             .last_invalidation
-            .store(self.inner.since_epoch(now), Ordering::Release);
+            .fetch_max(self.inner.since_epoch(now), Ordering::AcqRel);
     }
 
     /// Marks every cached verdict stale: changes may have been missed. Each is read again by
@@ -201,8 +203,10 @@ impl Verifier {
     /// started before this, so what they cache is stale too.
     fn resync(&self) {
         let now = self.inner.since_epoch(Instant::now());
-        self.inner.resynced.store(now, Ordering::Release);
-        self.inner.last_invalidation.store(now, Ordering::Release);
+        self.inner.resynced.fetch_max(now, Ordering::AcqRel);
+        self.inner
+            .last_invalidation
+            .fetch_max(now, Ordering::AcqRel);
     }
 
     /// Writes pending usage counts now (also done periodically and at shutdown).
