@@ -347,9 +347,19 @@ async fn mint(server: &Server, tokens: &[String], n: usize) -> anyhow::Result<Ve
                         },
                         &tokens[i % tokens.len()],
                     )?;
-                    let made = UserKeyServiceClient::new(channel.clone())
-                        .create_key(request)
-                        .await?;
+                    // Refused at once when the bcrypt queue's wait would be long: a shed
+                    // caller tries again a moment later.
+                    let made = loop {
+                        match UserKeyServiceClient::new(channel.clone())
+                            .create_key(clone_request(&request))
+                            .await
+                        {
+                            Err(s) if s.code() == tonic::Code::Unavailable => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            made => break made?,
+                        }
+                    };
                     keys.push(made.into_inner().api_key);
                 }
             })
@@ -360,6 +370,12 @@ async fn mint(server: &Server, tokens: &[String], n: usize) -> anyhow::Result<Ve
         keys.extend(w.await??);
     }
     Ok(keys)
+}
+
+fn clone_request<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
+    let mut copy = tonic::Request::new(request.get_ref().clone());
+    *copy.metadata_mut() = request.metadata().clone();
+    copy
 }
 
 /// The server's `keyhouse_queue_depth` gauges, by queue ("-" when not yet reported).
