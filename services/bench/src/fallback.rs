@@ -81,7 +81,10 @@ async fn phases(
         let mut ch = UserKeyServiceClient::new(server.channel().await?);
         for key in &keys {
             anyhow::ensure!(
-                ch.verify_key(request(key)).await?.into_inner().valid,
+                ch.verify_key(load::verify_request(key))
+                    .await?
+                    .into_inner()
+                    .valid,
                 "a rate-limited key did not verify"
             );
         }
@@ -198,8 +201,8 @@ async fn counted_together(
     b: &mut UserKeyServiceClient<Channel>,
     key: &str,
 ) -> anyhow::Result<bool> {
-    let first = a.verify_key(request(key)).await?.into_inner();
-    let second = b.verify_key(request(key)).await?.into_inner();
+    let first = a.verify_key(load::verify_request(key)).await?.into_inner();
+    let second = b.verify_key(load::verify_request(key)).await?.into_inner();
     Ok(first.reset_at == second.reset_at && second.remaining + 1 == first.remaining)
 }
 
@@ -208,7 +211,10 @@ async fn verify_timed(
     key: &str,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let answer = client.verify_key(request(key)).await?.into_inner();
+    let answer = client
+        .verify_key(load::verify_request(key))
+        .await?
+        .into_inner();
     anyhow::ensure!(answer.valid, "a rate-limited key did not verify");
     Ok(started.elapsed())
 }
@@ -218,7 +224,7 @@ fn each(keys: &[String]) -> Call {
     let (keys, next) = (Arc::new(keys.to_vec()), Arc::new(AtomicUsize::new(0)));
     Arc::new(move |channel: Channel| {
         let i = next.fetch_add(1, Ordering::Relaxed) % keys.len();
-        let request = request(&keys[i]);
+        let request = load::verify_request(&keys[i]);
         Box::pin(async move {
             UserKeyServiceClient::new(channel)
                 .verify_key(request)
@@ -240,13 +246,6 @@ async fn mint(server: &Server, user: &str) -> anyhow::Result<String> {
         )
         .await?;
     Ok(key.api_key)
-}
-
-fn request(key: &str) -> pb::VerifyKeyRequest {
-    pb::VerifyKeyRequest {
-        api_key: key.to_owned(),
-        ..Default::default()
-    }
 }
 
 /// A `redis-server` of the benchmark's own on a free port, which it kills and starts again there

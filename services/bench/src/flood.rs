@@ -63,7 +63,7 @@ async fn measure(args: &Args, server: &Server) -> anyhow::Result<()> {
     let traffic = {
         let mut ch = UserKeyServiceClient::new(server.channel().await?);
         for key in &cached {
-            let answer = ch.verify_key(request(key)).await?.into_inner();
+            let answer = ch.verify_key(load::verify_request(key)).await?.into_inner();
             anyhow::ensure!(answer.valid, "a traffic key did not verify");
         }
         server.channels(args.connections).await?
@@ -122,14 +122,14 @@ async fn measure(args: &Args, server: &Server) -> anyhow::Result<()> {
     // Every forged key is refused, and the real key still verifies.
     let mut ch = UserKeyServiceClient::new(server.channel().await?);
     for key in forged.iter().step_by(997) {
-        let answer = ch.verify_key(request(key)).await?.into_inner();
+        let answer = ch.verify_key(load::verify_request(key)).await?.into_inner();
         anyhow::ensure!(
             answer.reason() == Reason::NotFound,
             "a forged key was accepted"
         );
     }
     anyhow::ensure!(
-        ch.verify_key(request(&real.api_key))
+        ch.verify_key(load::verify_request(&real.api_key))
             .await?
             .into_inner()
             .valid,
@@ -173,13 +173,6 @@ fn forgeries(real: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn request(key: &str) -> pb::VerifyKeyRequest {
-    pb::VerifyKeyRequest {
-        api_key: key.to_owned(),
-        ..Default::default()
-    }
-}
-
 /// The keys in turn, round and round.
 fn each(keys: Vec<String>) -> Call {
     sent_once(keys, Arc::new(AtomicUsize::new(0)))
@@ -190,7 +183,7 @@ fn sent_once(keys: Vec<String>, next: Arc<AtomicUsize>) -> Call {
     let keys = Arc::new(keys);
     Arc::new(move |channel: Channel| {
         let i = next.fetch_add(1, Ordering::Relaxed) % keys.len();
-        let request = request(&keys[i]);
+        let request = load::verify_request(&keys[i]);
         Box::pin(async move {
             UserKeyServiceClient::new(channel)
                 .verify_key(request)

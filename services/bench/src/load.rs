@@ -25,6 +25,14 @@ pub struct Outcome {
 }
 
 /// A duration as milliseconds, for the tables.
+/// VerifyKey for `key` with no scopes or address: the question most benchmarks ask.
+pub fn verify_request(key: &str) -> keyhouse_proto::v1::VerifyKeyRequest {
+    keyhouse_proto::v1::VerifyKeyRequest {
+        api_key: key.to_owned(),
+        ..Default::default()
+    }
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }

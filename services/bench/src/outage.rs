@@ -94,7 +94,10 @@ async fn rounds(args: &Args, server: &Server, proxy: &mut Proxy) -> anyhow::Resu
     let writer = server.session("outage-writer", Role::User).await?;
     let mut gateway = UserKeyServiceClient::new(server.channel().await?);
     for key in &cached {
-        let answer = gateway.verify_key(request(key)).await?.into_inner();
+        let answer = gateway
+            .verify_key(load::verify_request(key))
+            .await?
+            .into_inner();
         anyhow::ensure!(answer.valid, "a cached key did not verify");
     }
     let side = server.channel().await?;
@@ -171,7 +174,7 @@ async fn steady(
         let slots = slots.clone();
         tokio::spawn(async move {
             let answer = UserKeyServiceClient::new(channel)
-                .verify_key(request(&key))
+                .verify_key(load::verify_request(&key))
                 .await;
             let took = due.elapsed();
             let Some(slot) = slots.get(slot) else {
@@ -257,7 +260,7 @@ async fn verify_timed(channel: Channel, key: String) -> Answer {
 
 async fn verify_timed_from(channel: Channel, key: String, due: Instant) -> Answer {
     let answer = UserKeyServiceClient::new(channel)
-        .verify_key(request(&key))
+        .verify_key(load::verify_request(&key))
         .await;
     (
         due.elapsed(),
@@ -423,13 +426,6 @@ async fn mint(server: &Server, user: &str) -> anyhow::Result<String> {
         )
         .await?;
     Ok(key.api_key)
-}
-
-fn request(key: &str) -> pb::VerifyKeyRequest {
-    pb::VerifyKeyRequest {
-        api_key: key.to_owned(),
-        ..Default::default()
-    }
 }
 
 /// A TCP proxy in front of the PostgreSQL server that can be stopped: stopped, its port refuses

@@ -82,7 +82,11 @@ async fn measure(args: &Args, server: &Server) -> anyhow::Result<()> {
     let mut check = UserKeyServiceClient::new(victim.clone());
     for key in &keys {
         anyhow::ensure!(
-            check.verify_key(request(key)).await?.into_inner().valid,
+            check
+                .verify_key(load::verify_request(key))
+                .await?
+                .into_inner()
+                .valid,
             "a traffic key did not verify"
         );
     }
@@ -152,13 +156,6 @@ async fn measure(args: &Args, server: &Server) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn request(key: &str) -> pb::VerifyKeyRequest {
-    pb::VerifyKeyRequest {
-        api_key: key.to_owned(),
-        ..Default::default()
-    }
-}
-
 /// `rate` VerifyKey calls a second for `seconds`, the keys in turn, each timed from when it was
 /// due: the latencies of the valid answers, and the failures.
 async fn open(channel: &Channel, keys: &[String], rate: f64, seconds: u64) -> (Vec<Duration>, u64) {
@@ -171,7 +168,7 @@ async fn open(channel: &Channel, keys: &[String], rate: f64, seconds: u64) -> (V
         tokio::time::sleep_until(due.into()).await;
         let (mut client, req) = (
             UserKeyServiceClient::new(channel.clone()),
-            request(&keys[i % keys.len()]),
+            load::verify_request(&keys[i % keys.len()]),
         );
         calls.push(tokio::spawn(async move {
             let valid = client
