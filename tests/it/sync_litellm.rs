@@ -65,11 +65,10 @@ fn detail(status: StatusCode, text: &str) -> Answer {
 impl LiteLlm {
     async fn start() -> (Self, String) {
         let stub = Self::default();
-        stub.0
-            .lock()
-            .expect("lock")
-            .models
-            .insert(MODEL.into(), json!({ "model": "openrouter/openai/gpt-4o-mini" }));
+        stub.0.lock().expect("lock").models.insert(
+            MODEL.into(),
+            json!({ "model": "openrouter/openai/gpt-4o-mini" }),
+        );
         let app = axum::Router::new()
             .route("/credentials", post(create_credential))
             .route(
@@ -153,7 +152,10 @@ async fn create_credential(
             body["credential_name"].as_str(),
             body["credential_info"].as_object(),
         ) else {
-            return detail(StatusCode::UNPROCESSABLE_ENTITY, "credential_name, credential_info");
+            return detail(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "credential_name, credential_info",
+            );
         };
         if !holds_api_key(&body["credential_values"]) {
             return detail(StatusCode::UNPROCESSABLE_ENTITY, "credential_values");
@@ -163,7 +165,10 @@ async fn create_credential(
         }
         proxy.credentials.insert(
             name.into(),
-            (body["credential_values"].clone(), Value::Object(info.clone())),
+            (
+                body["credential_values"].clone(),
+                Value::Object(info.clone()),
+            ),
         );
         (
             StatusCode::OK,
@@ -227,7 +232,10 @@ async fn update_model(
     let path = format!("/model/{id}/update");
     stub.answer("PATCH", path, &headers, |proxy| {
         let Some(params) = proxy.models.get_mut(&id) else {
-            return detail(StatusCode::NOT_FOUND, &format!("Model {id} not found on proxy."));
+            return detail(
+                StatusCode::NOT_FOUND,
+                &format!("Model {id} not found on proxy."),
+            );
         };
         let object = body.as_object().cloned().unwrap_or_default();
         if object
@@ -415,7 +423,10 @@ async fn updates_rollbacks_and_removals_reach_litellm_and_are_audited(backend: B
     for (_, _, details) in &events {
         assert_eq!(details["target"], "litellm");
         let text = details.to_string();
-        assert!(!text.contains(V1) && !text.contains(V2), "no secret in {text}");
+        assert!(
+            !text.contains(V1) && !text.contains(V2),
+            "no secret in {text}"
+        );
     }
 
     // The credential was created once, then updated in place; the master key was always right.
@@ -504,9 +515,18 @@ async fn litellm_answering_500_then_200_gets_the_change() {
         .skip(2) // the initial state's DELETE and model PATCH
         .map(|s| s.status)
         .collect();
-    assert_eq!(&statuses[..3], [500, 500, 404], "two 500s, then the same PATCH again");
+    assert_eq!(
+        &statuses[..3],
+        [500, 500, 404],
+        "two 500s, then the same PATCH again"
+    );
     eventually("v1 reported once", async || {
-        synced(&server, &admin).await.iter().filter(|e| e.0 == 1).count() == 1
+        synced(&server, &admin)
+            .await
+            .iter()
+            .filter(|e| e.0 == 1)
+            .count()
+            == 1
     })
     .await;
 }
@@ -530,10 +550,7 @@ async fn once_applies_the_current_state_and_exits() {
     let err = sync_litellm::run(wrong, std::future::pending())
         .await
         .expect_err("refused by LiteLLM");
-    assert!(
-        err.to_string().contains("could not be applied"),
-        "{err:#}"
-    );
+    assert!(err.to_string().contains("could not be applied"), "{err:#}");
     assert_eq!(synced(&server, &admin).await.len(), 1);
 }
 

@@ -127,7 +127,9 @@ impl Caller {
     pub fn require_service(&self) -> Result<()> {
         match self.source {
             IdentitySource::ServiceToken => Ok(()),
-            _ => Err(Error::PermissionDenied("a service token is required".into())),
+            _ => Err(Error::PermissionDenied(
+                "a service token is required".into(),
+            )),
         }
     }
 

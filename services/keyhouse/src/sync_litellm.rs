@@ -131,7 +131,8 @@ pub fn parse_mapping(text: &str) -> anyhow::Result<BTreeMap<String, Route>> {
         return Ok(routes);
     }
     for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-        let bad = |why: &str| anyhow::anyhow!("KEYHOUSE_SYNC_LITELLM_MAPPING entry '{entry}': {why}");
+        let bad =
+            |why: &str| anyhow::anyhow!("KEYHOUSE_SYNC_LITELLM_MAPPING entry '{entry}': {why}");
         let (name, rest) = entry
             .split_once('=')
             .ok_or_else(|| bad("expected name=credential[:model-id,...]"))?;
@@ -246,7 +247,9 @@ impl LiteLlm {
                 } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                     Err(Failure::Retry(format!("{what}: LiteLLM answered {status}")))
                 } else {
-                    Err(Failure::Refused(format!("{what}: LiteLLM answered {status}")))
+                    Err(Failure::Refused(format!(
+                        "{what}: LiteLLM answered {status}"
+                    )))
                 }
             }
             Err(e) => match keyhouse_domain::outbound::refused(&e) {
@@ -426,7 +429,10 @@ impl Agent {
         if self.settings.keyhouse_url.starts_with("https://") {
             endpoint = endpoint.tls_config(ClientTlsConfig::new().with_webpki_roots())?;
         }
-        let channel = endpoint.connect().await.map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
         Ok(PlatformKeyServiceClient::new(channel))
     }
 
@@ -449,7 +455,9 @@ impl Agent {
         });
         let mut stream = match client.watch_platform_keys(req).await {
             Ok(resp) => resp.into_inner(),
-            Err(s) => return Ended::Lost(format!("WatchPlatformKeys: {} {}", s.code(), s.message())),
+            Err(s) => {
+                return Ended::Lost(format!("WatchPlatformKeys: {} {}", s.code(), s.message()));
+            }
         };
         let mut pending_initial: Vec<String> = self.routes.keys().cloned().collect();
         let mut refused = 0usize;
@@ -457,7 +465,13 @@ impl Agent {
             let event = match stream.message().await {
                 Ok(Some(event)) => event,
                 Ok(None) => return Ended::Lost("the watch stream ended".into()),
-                Err(s) => return Ended::Lost(format!("the watch stream failed: {} {}", s.code(), s.message())),
+                Err(s) => {
+                    return Ended::Lost(format!(
+                        "the watch stream failed: {} {}",
+                        s.code(),
+                        s.message()
+                    ));
+                }
             };
             if event.initial {
                 pending_initial.retain(|name| *name != event.name);
@@ -567,7 +581,9 @@ mod tests {
         assert!(err.contains("'nope' is not a platform key"), "{err}");
         let err = parse_mapping("openai=a/b").expect_err("path").to_string();
         assert!(err.contains("credential name"), "{err}");
-        let err = parse_mapping("openai=a;openai=b").expect_err("twice").to_string();
+        let err = parse_mapping("openai=a;openai=b")
+            .expect_err("twice")
+            .to_string();
         assert!(err.contains("mapped twice"), "{err}");
     }
 }

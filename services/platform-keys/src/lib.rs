@@ -10,8 +10,8 @@ use keyhouse_proto::v1::platform_key_service_server::{
     PlatformKeyService, PlatformKeyServiceServer,
 };
 use keyhouse_server::Services;
-use keyhouse_server::bootstrap::{BoxFuture, Context, Mount};
 use keyhouse_server::auth::ServiceTokens;
+use keyhouse_server::bootstrap::{BoxFuture, Context, Mount};
 use keyhouse_server::grpc::{self, Authenticator, reply};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
