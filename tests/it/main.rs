@@ -34,6 +34,7 @@ mod server;
 mod sessions;
 mod soak;
 mod stub;
+mod sync_litellm;
 mod traces;
 mod trust;
 mod user_keys;
