@@ -16,6 +16,7 @@ mod embedded;
 mod fail_closed;
 mod helm;
 mod lifecycle;
+mod litellm;
 mod logs;
 mod metrics;
 mod oidc;
