@@ -1,8 +1,10 @@
 //! The web console as a browser meets it: served by keyhouse itself under a strict policy, its
-//! page paths answered with the app while the API keeps its 404s, and signing in with a session
-//! token turned into HttpOnly cookies.
+//! page paths answered with the app while the API keeps its 404s, signing in with a session
+//! token turned into HttpOnly cookies, and the whole console driven in headless Chromium.
 
 use keyhouse_domain::caller::Role;
+use keyhouse_proto::v1 as pb;
+use pb::verify_key_response::Reason;
 use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
 use serde_json::{Value, json};
@@ -211,4 +213,125 @@ async fn a_browser_signs_in_with_a_session_token_held_only_in_cookies(backend: B
         .expect("POST");
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(session(Some(jar)).await["user"], Value::Null);
+}
+
+/// The console's whole round in headless Chromium (`tests/console/console.mjs`): sign in, make a
+/// key by keyboard and use it, revoke it, test a BYOK key against the local provider stub, the
+/// admin pages refused to a user, then as an admin update, roll back and reveal a platform key and
+/// find it in the audit log; axe-core on every page, screenshots at two widths, and the bundle
+/// size. The script stops after making and after revoking the key, so that the real gRPC client
+/// can check what the gateway would hear at each point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    const GOOD: &str = "sk-proj-good-0123456789";
+    let stub = crate::stub::Provider::start(GOOD).await;
+    let url = stub.url.clone();
+    let server = TestServer::start_with(Backend::Sqlite, move |s| {
+        s.domain.provider_base_urls = vec![format!("openai={url}")];
+        s.domain.outbound_allowed_networks = vec![crate::stub::NETWORK.into()];
+    })
+    .await;
+    let user = server.session("alice", Role::User).await;
+    let admin = server.session("root", Role::Admin).await;
+    let dir = crate::support::npm_installed("console");
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+
+    let mut script = tokio::process::Command::new("node")
+        .arg(dir.join("console.mjs"))
+        .arg(server.url())
+        .arg(&shots)
+        .env("USER_TOKEN", &user)
+        .env("ADMIN_TOKEN", &admin)
+        .env("BYOK_PROVIDER", "openai")
+        .env("BYOK_GOOD_KEY", GOOD)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (Node.js 20) runs tests/console/console.mjs");
+    let mut to_script = script.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(script.stdout.take().expect("stdout")).lines();
+    let verdict = |key: String| {
+        let request = crate::verify::verify(&key, &["llm:inference"], "");
+        let server = &server;
+        async move {
+            server
+                .user_client(None)
+                .await
+                .verify_key(request)
+                .await
+                .expect("VerifyKey")
+                .into_inner()
+                .reason()
+        }
+    };
+    let mut key = String::new();
+    let done = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(300), lines.next_line())
+            .await
+            .expect("the browser script went quiet for 5 minutes")
+            .expect("read the script")
+            .unwrap_or_else(|| panic!("the browser script ended early; see its stderr above"));
+        let step: Value = serde_json::from_str(&line).expect("one JSON object a line");
+        match step["step"].as_str() {
+            Some("created") => {
+                key = step["api_key"].as_str().expect("api_key").to_owned();
+                assert_eq!(verdict(key.clone()).await, Reason::Valid, "{line}");
+            }
+            Some("revoked") => {
+                assert_eq!(verdict(key.clone()).await, Reason::Revoked);
+            }
+            Some("done") => break step,
+            _ => panic!("unexpected line from the browser script: {line}"),
+        }
+        to_script.write_all(b"ok\n").await.expect("answer the script");
+    };
+    let status = script.wait().await.expect("wait");
+    assert!(status.success(), "the browser script failed: {status}");
+    assert!(key.starts_with("uc_") && key.len() == 67, "the dialog showed no key");
+
+    assert_eq!(done["violations"], json!([]), "axe-core found serious or critical violations");
+    let bundle = done["bundle_gzip_bytes"].as_u64().expect("bundle size");
+    assert!(
+        bundle > 0 && bundle <= 150 * 1024,
+        "the console's JS and CSS are {bundle} bytes gzipped; the budget is 150 KB"
+    );
+    for page in [
+        "sign-in",
+        "keys",
+        "key-usage",
+        "providers",
+        "admins-only",
+        "platform-keys",
+        "audit",
+    ] {
+        for width in [1280, 390] {
+            let shot = shots.join(format!("{page}-{width}.png"));
+            assert!(shot.exists(), "no screenshot {}", shot.display());
+        }
+    }
+    // What the browser did reached the server: the stub answered the BYOK test, and the admin's
+    // rollback and reveal are in the audit trail under the admin's name.
+    assert!(stub.requests() > 0, "the BYOK test never reached the provider");
+    let audit = server
+        .platform_client(Some(&admin))
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest {
+            actor: "root".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    for action in ["platform_key.update", "platform_key.rollback", "platform_key.decrypt"] {
+        assert!(
+            audit.iter().any(|e| e.action == action),
+            "no {action} by the admin in the audit log"
+        );
+    }
 }
