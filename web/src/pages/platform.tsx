@@ -80,8 +80,10 @@ export function PlatformKeys() {
                   <code>{k.envVar}</code>
                 </dd>
                 <dt>Health</dt>
-                <dd role="status">
-                  <HealthText h={health[k.name]} />
+                <dd>
+                  <span role="status">
+                    <HealthText h={health[k.name]} />
+                  </span>
                 </dd>
               </dl>
               <div class="row-actions">
