@@ -44,6 +44,8 @@ NAMESPACE = "keyhouse"
 # ones only with ingress.includeAdminPaths.
 EXPECTED_ROUTES = {
     "user-key-service": [
+        # The web console (every binary serves it, like the browser login).
+        "/",
         "/api/v1/account/uc-api-keys",
         "/api/v1/byok",
         "/api/v1/auth/validate-key",

@@ -393,6 +393,32 @@ pub struct TestProviderKeyResponse {
     #[prost(int64, tag = "5")]
     pub latency_ms: i64,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetKeyOptionsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct KeyOptions {
+    /// Every scope a key may be granted (KEYHOUSE_SCOPES), in the server's order.
+    #[prost(string, repeated, tag = "1")]
+    pub scopes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The scopes a key gets when CreateKey's `permissions` is empty.
+    #[prost(string, repeated, tag = "2")]
+    pub default_scopes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The expiry, in days, when `expires_in_days` is unset.
+    #[prost(int32, tag = "3")]
+    pub default_expires_in_days: i32,
+    /// The longest expiry, in days.
+    #[prost(int32, tag = "4")]
+    pub max_expires_in_days: i32,
+    /// Whether `expires_in_days` = 0 (a key that never expires) is accepted.
+    #[prost(bool, tag = "5")]
+    pub allows_non_expiring: bool,
+    /// The highest `rate_limit_per_minute`.
+    #[prost(int32, tag = "6")]
+    pub max_rate_limit_per_minute: i32,
+    /// Most active (unrevoked, unexpired) keys one user may hold.
+    #[prost(int64, tag = "7")]
+    pub max_active_keys: i64,
+}
 /// Generated client implementations.
 pub mod user_key_service_client {
     #![allow(
@@ -844,6 +870,30 @@ pub mod user_key_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// What CreateKey accepts on this server: the scopes a key may hold, what an empty
+        /// `permissions` means, and the bounds of `expires_in_days` and `rate_limit_per_minute`. The web
+        /// console builds its create dialog from it.
+        pub async fn get_key_options(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetKeyOptionsRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyOptions>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyhouse.v1.UserKeyService/GetKeyOptions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("keyhouse.v1.UserKeyService", "GetKeyOptions"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -987,6 +1037,13 @@ pub mod user_key_service_server {
             tonic::Response<super::GetProviderKeyForUserResponse>,
             tonic::Status,
         >;
+        /// What CreateKey accepts on this server: the scopes a key may hold, what an empty
+        /// `permissions` means, and the bounds of `expires_in_days` and `rate_limit_per_minute`. The web
+        /// console builds its create dialog from it.
+        async fn get_key_options(
+            &self,
+            request: tonic::Request<super::GetKeyOptionsRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyOptions>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct UserKeyServiceServer<T> {
@@ -1657,6 +1714,52 @@ pub mod user_key_service_server {
                     };
                     Box::pin(fut)
                 }
+                "/keyhouse.v1.UserKeyService/GetKeyOptions" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetKeyOptionsSvc<T: UserKeyService>(pub Arc<T>);
+                    impl<
+                        T: UserKeyService,
+                    > tonic::server::UnaryService<super::GetKeyOptionsRequest>
+                    for GetKeyOptionsSvc<T> {
+                        type Response = super::KeyOptions;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetKeyOptionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as UserKeyService>::get_key_options(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetKeyOptionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1726,6 +1829,10 @@ pub struct PlatformKey {
     /// The environment variable used as a fallback, e.g. `OPENROUTER_API_KEY`.
     #[prost(string, tag = "9")]
     pub env_var: ::prost::alloc::string::String,
+    /// A hint of the value's format, e.g. `sk-or-v1-...`; empty when any value of 10 to 1024 bytes
+    /// is accepted.
+    #[prost(string, tag = "10")]
+    pub key_format: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListPlatformKeysResponse {

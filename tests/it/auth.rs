@@ -121,12 +121,40 @@ async fn the_session_cookie_works_like_a_bearer_token(backend: Backend) {
     let cookie = format!("csrf_token=abc; session_token={token}");
     req.metadata_mut()
         .insert("cookie", cookie.parse().expect("ascii"));
+    req.metadata_mut()
+        .insert("x-csrf-token", "abc".parse().expect("ascii"));
     let key = client
         .create_key(req)
         .await
         .expect("cookie session")
         .into_inner();
     assert_eq!(key.key_name, "from a browser");
+
+    // A cookie-authenticated call without the CSRF header, or with another value, is refused
+    // before it runs: another site's page cannot act with the browser's cookie.
+    for presented in [None, Some("not-abc")] {
+        let mut req = tonic::Request::new(pb::CreateKeyRequest {
+            name: "forged".into(),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("cookie", cookie.parse().expect("ascii"));
+        if let Some(value) = presented {
+            req.metadata_mut()
+                .insert("x-csrf-token", value.parse().expect("ascii"));
+        }
+        let refused = client.create_key(req).await.expect_err("no CSRF token");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(refused.message().contains("X-CSRF-Token"), "{refused:?}");
+    }
+    let listed = server
+        .user_client(Some(&token))
+        .await
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.keys.len(), 1, "a refused call made a key");
 }
 
 /// ListKeys with a session token: Ok, or the status code it failed with.

@@ -221,7 +221,9 @@ enum Subject {
 fn subject(method: &str) -> Subject {
     match method {
         "CreateKey" | "ListKeys" | "ListProviders" | "PutProviderKey" | "ListProviderKeys"
-        | "ListPlatformKeys" | "WatchPlatformKeys" | "ListAuditEvents" => Subject::Nothing,
+        | "GetKeyOptions" | "ListPlatformKeys" | "WatchPlatformKeys" | "ListAuditEvents" => {
+            Subject::Nothing
+        }
         "GetKey" | "RevokeKey" | "RegenerateKey" | "GetKeyUsage" => Subject::AlicesKey,
         "VerifyKey" => Subject::PresentedKey,
         "DeleteProviderKey" | "TestProviderKey" | "GetProviderKeyForUser" => {
@@ -828,6 +830,7 @@ impl World {
                 })
                 .await,
             ),
+            "GetKeyOptions" => done(c.get_key_options(pb::GetKeyOptionsRequest {}).await),
             other => panic!("authorization_matrix.rs has no gRPC request for {other}"),
         }
     }

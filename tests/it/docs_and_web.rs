@@ -33,6 +33,7 @@ const REST_PATHS: &[&str] = &[
     "/auth/login",
     "/auth/callback",
     "/auth/logout",
+    "/auth/session",
 ];
 
 fn repo_root() -> std::path::PathBuf {

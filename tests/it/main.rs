@@ -9,6 +9,7 @@ mod authorization_matrix;
 mod backup;
 mod binary;
 mod byok;
+mod console;
 mod crash;
 mod docs_and_web;
 mod embedded;

@@ -107,6 +107,7 @@ pub static TABLE: &[Rule] = &[
         api_key_scope: None,
         service_token: true,
     },
+    own("keyhouse.v1.UserKeyService/GetKeyOptions", "keys:read"),
     admin("keyhouse.v1.PlatformKeyService/ListPlatformKeys"),
     admin("keyhouse.v1.PlatformKeyService/UpdatePlatformKey"),
     admin("keyhouse.v1.PlatformKeyService/DeletePlatformKey"),

@@ -322,6 +322,24 @@ impl UserKeys {
         Ok(())
     }
 
+    /// What CreateKey accepts on this server, for a client to build its form from. The same
+    /// for every caller: a key's own bounds are checked when it creates, not shown here.
+    pub fn options(&self, _caller: &Caller) -> pb::KeyOptions {
+        pb::KeyOptions {
+            scopes: self.policy.scopes.clone(),
+            default_scopes: DEFAULT_KEY_PERMISSIONS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            default_expires_in_days: DEFAULT_EXPIRY_DAYS,
+            max_expires_in_days: MAX_EXPIRY_DAYS,
+            allows_non_expiring: self.policy.allow_non_expiring_keys,
+            max_rate_limit_per_minute: MAX_RATE_LIMIT,
+            max_active_keys: i64::try_from(self.policy.max_active_keys_per_user)
+                .unwrap_or(i64::MAX),
+        }
+    }
+
     async fn find(&self, caller: &Caller, id: Uuid) -> Result<user_api_keys::Model> {
         crate::db::guarded(&self.db, store::find_owned(&self.db, caller.user_id(), id))
             .await?

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backup;
 pub mod bootstrap;
 mod connections;
+pub mod console;
 mod deadline;
 pub mod docs;
 pub mod grpc;

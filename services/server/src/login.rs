@@ -4,6 +4,11 @@
 //! as the `session_token` cookie, with the `csrf_token` cookie the REST shim checks. `POST
 //! /auth/logout` deletes the session and clears both.
 //!
+//! Without an identity provider, a browser signs in with a session token (`keyhouse session
+//! create`, or an Ops-Center session): `POST /auth/session` checks it and sets the same two
+//! cookies, so the token never has to sit in script-readable storage. `GET /auth/session` says
+//! who the browser is signed in as, and whether the provider login is offered.
+//!
 //! A login's `state`, `nonce` and PKCE verifier live in a cookie, not in this process: the
 //! callback may land on another replica. The cookie is Fernet (encrypted and authenticated)
 //! under keys derived from the key ring for this purpose alone, and says when it stops counting.
@@ -22,13 +27,14 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::auth;
-use crate::grpc::status;
+use crate::grpc::{Authenticator, status};
 use crate::oidc::{CALLBACK_PATH, Oidc};
 use crate::rest::{ErrorBody, Places, RestError, ValidationErrorBody};
 use crate::session_cache::SessionCache;
 
 pub const LOGIN_PATH: &str = "/auth/login";
 pub const LOGOUT_PATH: &str = "/auth/logout";
+pub const SESSION_PATH: &str = "/auth/session";
 /// Holds the sign-in in progress, for the callback only.
 const LOGIN_COOKIE: &str = "keyhouse_login";
 /// How long a browser has between `/auth/login` and the callback.
@@ -40,8 +46,8 @@ const PURPOSE: &str = "oidc browser login";
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(start, callback, logout),
-    components(schemas(ErrorBody, ValidationErrorBody)),
+    paths(start, callback, logout, current, sign_in),
+    components(schemas(ErrorBody, ValidationErrorBody, SignedIn, SessionUser, SignIn)),
     tags((name = "sign-in", description = "The browser login through the OIDC issuer, and signing out"))
 )]
 pub struct Docs;
@@ -52,7 +58,34 @@ pub struct Login {
     ring: KeyRing,
     db: DatabaseConnection,
     sessions: SessionCache,
+    auth: Authenticator,
     ttl: chrono::Duration,
+}
+
+/// Who a browser is signed in as, and how it may sign in.
+#[derive(Serialize, utoipa::ToSchema)]
+struct SignedIn {
+    /// Null when the browser has no valid session.
+    user: Option<SessionUser>,
+    /// Whether `/auth/login` (the identity provider's login) is configured.
+    oidc_login: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct SessionUser {
+    user_id: String,
+    email: String,
+    /// `user` or `admin`.
+    role: String,
+    /// Where the session came from: `session` (keyhouse's own), `ops_center_session` or `oidc`.
+    source: String,
+}
+
+/// A session token to sign this browser in with.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct SignIn {
+    /// From `keyhouse session create`, or an Ops-Center session token.
+    token: String,
 }
 
 /// What the login cookie carries to the callback.
@@ -73,12 +106,15 @@ pub fn router(ctx: &crate::bootstrap::Context) -> Router {
         ring: ctx.ring.derived(PURPOSE),
         db: ctx.db.clone(),
         sessions: ctx.sessions.clone(),
+        auth: Authenticator::new(ctx.identity.clone(), ctx.sessions.clone())
+            .with_oidc(ctx.oidc.clone()),
         ttl: chrono::Duration::hours(SESSION_HOURS).min(ctx.settings.sessions.max_ttl),
     };
     Router::new()
         .route(LOGIN_PATH, get(start))
         .route(CALLBACK_PATH, get(callback))
         .route(LOGOUT_PATH, post(logout))
+        .route(SESSION_PATH, get(current).post(sign_in))
         .with_state(login)
 }
 
@@ -93,13 +129,24 @@ impl Login {
         })
     }
 
-    /// Whether cookies get `Secure`: everywhere but a loopback http redirect URL. Without a
-    /// login client, sign-out clears cookies without it, which works over http too.
-    fn secure(&self) -> bool {
-        self.oidc
-            .as_ref()
-            .and_then(|o| o.login_client().ok())
-            .is_some_and(|c| c.secure)
+    /// Whether cookies get `Secure`: when the login client's redirect URL is https, or the
+    /// request reached the proxy in front over https. Plain http (a laptop, a test) gets
+    /// cookies a browser keeps over http.
+    fn secure(&self, headers: &HeaderMap) -> bool {
+        let forwarded_https = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        forwarded_https
+            || self
+                .oidc
+                .as_ref()
+                .and_then(|o| o.login_client().ok())
+                .is_some_and(|c| c.secure)
+    }
+
+    fn offers_oidc_login(&self) -> bool {
+        self.oidc.as_ref().is_some_and(|o| o.login_client().is_ok())
     }
 }
 
@@ -301,30 +348,16 @@ async fn callback(
     );
     let age = login.ttl.num_seconds();
     let secure = client.secure;
-    let cookies = vec![
-        cookie(
-            "session_token",
-            &token,
-            &format!("HttpOnly; SameSite=Lax; Path=/; Max-Age={age}"),
-            secure,
+    let mut cookies = session_cookies(&token, age, secure)?;
+    cookies.push(cookie(
+        LOGIN_COOKIE,
+        "",
+        &format!(
+            "HttpOnly; SameSite=Lax; Path={}; Max-Age=0",
+            login_cookie_path(client)
         ),
-        // Read by the page's script and sent back as X-CSRF-Token, so not HttpOnly.
-        cookie(
-            "csrf_token",
-            &random()?,
-            &format!("SameSite=Lax; Path=/; Max-Age={age}"),
-            secure,
-        ),
-        cookie(
-            LOGIN_COOKIE,
-            "",
-            &format!(
-                "HttpOnly; SameSite=Lax; Path={}; Max-Age=0",
-                login_cookie_path(client)
-            ),
-            secure,
-        ),
-    ];
+        secure,
+    ));
     Ok(redirect(&pending.next, cookies))
 }
 
@@ -345,7 +378,7 @@ async fn logout(State(login): State<Login>, headers: HeaderMap) -> Result<Respon
         // The row is gone; this replica's cache must not keep the session alive.
         login.sessions.remove(&session_token::digest(token));
     }
-    let secure = login.secure();
+    let secure = login.secure(&headers);
     let mut headers = HeaderMap::new();
     for (name, attributes) in [
         ("session_token", "HttpOnly; SameSite=Lax; Path=/; Max-Age=0"),
@@ -354,6 +387,116 @@ async fn logout(State(login): State<Login>, headers: HeaderMap) -> Result<Respon
         headers.append(header::SET_COOKIE, cookie(name, "", attributes, secure));
     }
     Ok((StatusCode::NO_CONTENT, headers).into_response())
+}
+
+/// The session cookies a browser gets on signing in: the token (HttpOnly) and the CSRF token,
+/// which the page's script reads and sends back as `X-CSRF-Token`, so not HttpOnly.
+fn session_cookies(token: &str, age: i64, secure: bool) -> Result<Vec<HeaderValue>, RestError> {
+    Ok(vec![
+        cookie(
+            "session_token",
+            token,
+            &format!("HttpOnly; SameSite=Lax; Path=/; Max-Age={age}"),
+            secure,
+        ),
+        cookie(
+            "csrf_token",
+            &random()?,
+            &format!("SameSite=Lax; Path=/; Max-Age={age}"),
+            secure,
+        ),
+    ])
+}
+
+impl SessionUser {
+    fn of(caller: &keyhouse_domain::caller::Caller) -> Self {
+        Self {
+            user_id: caller.principal.user_id.clone(),
+            email: caller.principal.email.clone(),
+            role: caller.principal.role.as_str().to_owned(),
+            source: caller.source.as_str().to_owned(),
+        }
+    }
+}
+
+/// Who this browser is signed in as (by its `session_token` cookie, or a bearer session
+/// token), and whether the identity provider's login is offered. Never an error for a missing
+/// or ended session: that is `user: null`.
+#[utoipa::path(get, path = "/auth/session", tag = "sign-in",
+    responses((status = 200, description = "The signed-in user, or `user: null`", body = SignedIn),
+              (status = 503, description = "The session store is unreachable", body = ErrorBody)))]
+async fn current(State(login): State<Login>, headers: HeaderMap) -> Result<Response, RestError> {
+    let request = crate::rest::grpc_request(&headers, ());
+    let user = match login.auth.caller(request.metadata()).await {
+        Ok(caller) => Some(SessionUser::of(&caller)),
+        Err(s) if s.code() == tonic::Code::Unauthenticated => None,
+        Err(s) => return Err(Places::BODY.error(s)),
+    };
+    Ok(axum::Json(SignedIn {
+        user,
+        oidc_login: login.offers_oidc_login(),
+    })
+    .into_response())
+}
+
+/// Signs this browser in with a session token: checks it, then sets it as the HttpOnly
+/// `session_token` cookie with the `csrf_token` cookie, so that the page's script never keeps
+/// the token. With a session cookie already set, `X-CSRF-Token` must match as for every write.
+#[utoipa::path(post, path = "/auth/session", tag = "sign-in",
+    request_body = SignIn,
+    responses((status = 200, description = "Signed in; sets the `session_token` (HttpOnly) and `csrf_token` cookies", body = SignedIn),
+              (status = 401, description = "The token is not a live session", body = ErrorBody),
+              (status = 403, description = "The CSRF check failed (a session cookie is already set)", body = ErrorBody),
+              (status = 415, description = "The body is not JSON", body = ErrorBody),
+              (status = 422, description = "`token` is missing, empty, or not a session token", body = ValidationErrorBody),
+              (status = 503, description = "The session store is unreachable", body = ErrorBody)))]
+async fn sign_in(
+    State(login): State<Login>,
+    headers: HeaderMap,
+    crate::rest::JsonBody(body): crate::rest::JsonBody<SignIn>,
+) -> Result<Response, RestError> {
+    let token = body.token.trim();
+    let invalid = |msg: &str| RestError::validation("body", "token", msg, "value_error");
+    if token.is_empty() {
+        return Err(invalid(
+            "token must be a session token: make one with `keyhouse session create`",
+        ));
+    }
+    if token.starts_with(keyhouse_domain::crypto::api_key::PREFIX) {
+        return Err(invalid(
+            "token is an API key, which is for the gateway; sign in with a session token",
+        ));
+    }
+    if crate::oidc::is_jwt(token) {
+        return Err(invalid(
+            "token is an identity provider's token; sign in through /auth/login instead",
+        ));
+    }
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| invalid("token holds characters no session token has"))?;
+    let mut request = tonic::Request::new(());
+    request.metadata_mut().insert("authorization", bearer);
+    let caller = login
+        .auth
+        .caller(request.metadata())
+        .await
+        .map_err(|s| Places::BODY.error(s))?;
+    tracing::info!(
+        user_id = %caller.principal.user_id,
+        role = caller.principal.role.as_str(),
+        source = caller.source.as_str(),
+        "signed a browser in with a session token"
+    );
+    let mut response = axum::Json(SignedIn {
+        user: Some(SessionUser::of(&caller)),
+        oidc_login: login.offers_oidc_login(),
+    })
+    .into_response();
+    for c in session_cookies(token, login.ttl.num_seconds(), login.secure(&headers))? {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ pub async fn serve(
         .into_axum_router()
         // Inside grpc-web's translation, so a grpc-web caller's deadline is kept too.
         .layer(axum::middleware::from_fn(crate::deadline::enforce))
+        .layer(axum::middleware::from_fn(
+            crate::rest::require_csrf_token_grpc,
+        ))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(axum::middleware::map_response(no_store));
 
@@ -94,8 +97,9 @@ pub async fn serve(
         .merge(probes::router(services.db));
     let mut app = rest
         .merge(grpc)
-        // Unknown paths answer like the REST API does, not with a gRPC error.
-        .fallback(probes::not_found)
+        // The web console's files and pages; unknown API paths answer like the REST API does,
+        // not with a gRPC error.
+        .fallback(crate::console::fallback)
         .method_not_allowed_fallback(probes::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::metrics::track));
     if crate::telemetry::traces_enabled() {

@@ -22,10 +22,16 @@ pub mod rest_byok;
 pub const SERVICE_NAME: &str = "keyhouse.v1.UserKeyService";
 
 /// The RPCs with no REST path, and why.
-pub const GRPC_ONLY: &[(&str, &str)] = &[(
-    "GetProviderKeyForUser",
-    "internal services only (service tokens); the Ops-Center front end never calls it",
-)];
+pub const GRPC_ONLY: &[(&str, &str)] = &[
+    (
+        "GetProviderKeyForUser",
+        "internal services only (service tokens); the Ops-Center front end never calls it",
+    ),
+    (
+        "GetKeyOptions",
+        "the web console reads it over grpc-web; the Ops-Center front end has no such call",
+    ),
+];
 
 #[derive(Clone)]
 pub struct UserKeyGrpc {
@@ -260,5 +266,16 @@ impl UserKeyService for UserKeyGrpc {
             .caller_of(req.metadata(), SERVICE_NAME, "GetProviderKeyForUser")
             .await?;
         reply(self.byok.hand_out(&caller, req.into_inner()).await)
+    }
+
+    async fn get_key_options(
+        &self,
+        req: Request<pb::GetKeyOptionsRequest>,
+    ) -> Result<Response<pb::KeyOptions>, Status> {
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "GetKeyOptions")
+            .await?;
+        Ok(Response::new(self.keys.options(&caller)))
     }
 }

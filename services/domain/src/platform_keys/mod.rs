@@ -151,6 +151,7 @@ impl PlatformKeys {
                     source: source.as_str().into(),
                     version: row.map_or(0, |r| r.version),
                     env_var: env_var(spec).into(),
+                    key_format: spec.key_format.into(),
                 }
             })
             .collect();

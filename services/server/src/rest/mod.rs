@@ -9,7 +9,7 @@ mod error;
 mod params;
 
 pub use body::{JsonBody, MAX_BODY_BYTES, OptionalJsonBody};
-pub use csrf::require_csrf_token;
+pub use csrf::{require_csrf_token, require_csrf_token_grpc};
 pub use error::{ErrorBody, Places, RestError, ValidationErrorBody, ValidationItem};
 pub use params::{Path, Query};
 

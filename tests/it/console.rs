@@ -1,0 +1,214 @@
+//! The web console as a browser meets it: served by keyhouse itself under a strict policy, its
+//! page paths answered with the app while the API keeps its 404s, and signing in with a session
+//! token turned into HttpOnly cookies.
+
+use keyhouse_domain::caller::Role;
+use reqwest::StatusCode;
+use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
+use serde_json::{Value, json};
+
+use crate::on_both_databases;
+use crate::support::{Backend, TestServer};
+
+on_both_databases!(a_browser_signs_in_with_a_session_token_held_only_in_cookies);
+
+fn header(res: &reqwest::Response, name: reqwest::header::HeaderName) -> &str {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_at_the_root_and_page_paths_while_api_paths_keep_their_404s() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let http = server.http();
+    let mut index = String::new();
+    for page in ["/", "/keys", "/admin/platform-keys", "/keys/6d1f0c1e/usage"] {
+        let res = http.get(server.rest(page)).send().await.expect("GET");
+        assert_eq!(res.status(), StatusCode::OK, "{page}");
+        assert!(
+            header(&res, CONTENT_TYPE).starts_with("text/html"),
+            "{page}"
+        );
+        let policy = header(&res, CONTENT_SECURITY_POLICY).to_owned();
+        for rule in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(rule), "{page}: {policy}");
+        }
+        assert!(!policy.contains("unsafe-inline"), "{policy}");
+        assert_eq!(header(&res, CACHE_CONTROL), "no-cache");
+        index = res.text().await.expect("body");
+    }
+    assert!(!index.contains("<script>"), "inline script in index.html");
+    // Every file the page names is served, with a type a browser will run under nosniff.
+    let assets: Vec<&str> = index
+        .split('"')
+        .filter(|s| s.starts_with("/assets/"))
+        .collect();
+    for asset in &assets {
+        let res = http.get(server.rest(asset)).send().await.expect("GET");
+        assert_eq!(res.status(), StatusCode::OK, "{asset}");
+        let kind = header(&res, CONTENT_TYPE);
+        assert!(
+            kind.starts_with("text/javascript") || kind.starts_with("text/css"),
+            "{asset}: {kind}"
+        );
+        assert!(header(&res, CACHE_CONTROL).contains("immutable"), "{asset}");
+    }
+    for path in [
+        "/api/v1/nothing-here",
+        "/auth/nothing-here",
+        "/assets/missing.js",
+        "/keyhouse.v1.NoSuchService/Call",
+        "/docs-missing",
+        "/.env",
+    ] {
+        let res = http.get(server.rest(path)).send().await.expect("GET");
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = res.json().await.expect("a JSON 404");
+        assert_eq!(body["detail"], "Not Found", "{path}");
+    }
+    let res = http.post(server.rest("/keys")).send().await.expect("POST");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+async fn a_browser_signs_in_with_a_session_token_held_only_in_cookies(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let http = server.http();
+    let session = |cookie: Option<String>| {
+        let mut req = http.get(server.rest("/auth/session"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        async move {
+            let res = req.send().await.expect("GET /auth/session");
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<Value>().await.expect("JSON")
+        }
+    };
+    assert_eq!(
+        session(None).await,
+        json!({"user": null, "oidc_login": false})
+    );
+
+    let token = server.session("dora", Role::Admin).await;
+    let res = http
+        .post(server.rest("/auth/session"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookies: Vec<String> = res
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect();
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(body["user"]["user_id"], "dora");
+    assert_eq!(body["user"]["role"], "admin");
+    assert_eq!(body["user"]["source"], "session");
+    assert!(
+        !body.to_string().contains(&token),
+        "the token came back in the body"
+    );
+    let session_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("session_token="))
+        .expect("session cookie");
+    assert!(session_cookie.contains(&token));
+    assert!(session_cookie.contains("HttpOnly"), "{session_cookie}");
+    assert!(session_cookie.contains("SameSite=Lax"), "{session_cookie}");
+    let csrf_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("csrf_token="))
+        .expect("csrf cookie");
+    assert!(!csrf_cookie.contains("HttpOnly"), "the page must read it");
+    let csrf = csrf_cookie["csrf_token=".len()..]
+        .split(';')
+        .next()
+        .expect("value")
+        .to_owned();
+    let jar = format!("session_token={token}; csrf_token={csrf}");
+    assert_eq!(
+        session(Some(jar.clone())).await["user"]["email"],
+        "dora@example.com"
+    );
+
+    // Bad input is named; nothing is set.
+    for (body, status, detail) in [
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY, "token"),
+        (
+            json!({"token": "  "}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "token",
+        ),
+        (
+            json!({"token": format!("uc_{}", "0".repeat(64))}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "API key",
+        ),
+        (
+            json!({"token": "ks_not-a-session"}),
+            StatusCode::UNAUTHORIZED,
+            "session",
+        ),
+    ] {
+        let res = http
+            .post(server.rest("/auth/session"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(res.status(), status, "{body}");
+        assert!(res.headers().get(SET_COOKIE).is_none(), "{body}");
+        let text = res.text().await.expect("body");
+        assert!(text.contains(detail), "{body}: {text}");
+    }
+    let res = http
+        .post(server.rest("/auth/session"))
+        .header("content-type", "text/plain")
+        .body(token.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // A browser already holding a session signs in again only with its CSRF token: another
+    // site cannot swap the session under it.
+    let other = server.session("eve", Role::User).await;
+    let swap = |csrf: Option<&str>| {
+        let mut req = http
+            .post(server.rest("/auth/session"))
+            .header("cookie", jar.clone())
+            .json(&json!({ "token": other }));
+        if let Some(csrf) = csrf {
+            req = req.header("x-csrf-token", csrf);
+        }
+        req.send()
+    };
+    assert_eq!(
+        swap(None).await.expect("POST").status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        swap(Some(&csrf)).await.expect("POST").status(),
+        StatusCode::OK
+    );
+
+    // Signing out ends the session: the cookie no longer signs anyone in.
+    let res = http
+        .post(server.rest("/auth/logout"))
+        .header("cookie", jar.clone())
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(session(Some(jar)).await["user"], Value::Null);
+}
