@@ -102,10 +102,10 @@ export async function signIn(token: string): Promise<Session> {
   const res = await fetch("/auth/session", {
     method: "POST",
     credentials: "same-origin",
-    headers: { "Content-Type": "application/json" },
+    // A browser that still holds a session cookie must prove it is this page (CSRF).
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": cookie("csrf_token") },
     body: JSON.stringify({ token }),
   });
-  if (res.status === 401) throw new Error(`Sign-in failed: ${await detail(res)}`);
   if (!res.ok) throw new Error(`Sign-in failed: ${await detail(res)}`);
   return (await res.json()) as Session;
 }

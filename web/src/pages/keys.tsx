@@ -114,7 +114,8 @@ export function Keys() {
                 <td data-label="Last used">
                   <time dateTime={iso(k.lastUsed)}>{when(k.lastUsed, "Never used")}</time>
                 </td>
-                <td class="row-actions">
+                <td>
+                  <div class="row-actions">
                   <Link class="button small" href={`/keys/${k.keyId}`} aria-label={`Usage of ${k.keyName}`}>
                     Usage
                   </Link>
@@ -128,6 +129,7 @@ export function Keys() {
                       </button>
                     </>
                   )}
+                  </div>
                 </td>
               </tr>
             ))}

@@ -309,7 +309,7 @@ function Versions({ k, onClose, onRolledBack }: { k: PlatformKey; onClose: () =>
                   </td>
                   <td data-label="Stored">{when(v.createdAt)}</td>
                   <td data-label="By">{v.createdBy}</td>
-                  <td class="row-actions">
+                  <td>
                     {!v.isCurrent && (
                       <button type="button" class="small" onClick={() => setRollback(v)} aria-label={`Roll back to version ${v.version}`}>
                         Roll back

@@ -134,7 +134,7 @@ function Chart({ usage, range, perDay }: { usage: GetKeyUsageResponse; range: [n
             stroke: "#1d4ed8",
             fill: "rgba(29, 78, 216, 0.12)",
             width: 2,
-            paths: uPlot.paths.stepped!({ align: 1 }),
+            paths: uPlot.paths.bars!({ size: [0.8, 40], align: 1 }),
             points: { show: false },
           },
         ],
