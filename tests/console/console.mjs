@@ -302,26 +302,31 @@ async function main() {
   const hex = (seed) => Array.from({ length: 64 }, (_, i) => ((i * 7 + seed) % 16).toString(16)).join("");
   const v1 = `sk-or-v1-${hex(3)}`;
   const v2 = `sk-or-v1-${hex(11)}`;
+  // The version the first update stores (1 on a fresh database) is the one rolled back to.
+  let first = null;
   for (const value of [v1, v2]) {
     await or.getByRole("button", { name: /^Update/ }).click();
     const upd = page.getByRole("dialog", { name: /^Update/ });
     await upd.getByLabel("New value").fill(value);
     await upd.getByRole("button", { name: "Save new version" }).click();
     await upd.waitFor({ state: "detached" });
-    await or.locator("code", { hasText: value.slice(0, 8) }).first().waitFor();
+    await or.locator("code", { hasText: value.slice(-4) }).first().waitFor();
     await noAlert("Platform key update");
+    const version = (await or.locator("[data-version]").textContent()).trim();
+    first ??= version.replace(/^v/, "");
   }
   await or.getByRole("button", { name: /^Versions/ }).click();
   const versions = page.getByRole("dialog", { name: /^Versions of/ });
-  await versions.locator('tr[data-version="2"]').waitFor();
+  await versions.locator(`tr[data-version="${first}"]`).waitFor();
   await visited("versions");
-  await versions.locator('tr[data-version="1"]').getByRole("button", { name: /^Roll back/ }).click();
-  const rb = page.getByRole("dialog", { name: "Roll back to version 1?" });
-  await rb.getByRole("button", { name: "Roll back to v1" }).click();
+  await versions.locator(`tr[data-version="${first}"]`).getByRole("button", { name: /^Roll back/ }).click();
+  const rb = page.getByRole("dialog", { name: `Roll back to version ${first}?` });
+  await rb.getByRole("button", { name: `Roll back to v${first}` }).click();
   await rb.waitFor({ state: "detached" });
-  await page.getByRole("status").filter({ hasText: "rolled back to v1" }).waitFor();
+  await page.getByRole("status").filter({ hasText: `rolled back to v${first}` }).waitFor();
   const again = page.getByRole("dialog", { name: /^Versions of/ });
-  await again.locator('tr[data-version="3"]', { hasText: "current" }).waitFor();
+  const current = again.locator("tbody tr", { has: page.locator(".badge", { hasText: "current" }) });
+  await current.locator("code", { hasText: v1.slice(-4) }).waitFor();
   await again.getByRole("button", { name: "Close", exact: true }).first().click();
   await again.waitFor({ state: "detached" });
 

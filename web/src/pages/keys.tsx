@@ -54,6 +54,7 @@ export function Keys() {
       </div>
       <p class="lead">
         API keys let your programs call the gateway. Each key is shown once, when it is created.
+        {options && options.maxActiveKeys > 0n && ` You can hold up to ${options.maxActiveKeys.toLocaleString()} active keys.`}
       </p>
       <ErrorBox error={optionsError} title="Key options could not be loaded:" />
       {notice && <Notice>{notice}</Notice>}

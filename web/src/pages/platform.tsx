@@ -72,7 +72,7 @@ export function PlatformKeys() {
                 <dt>Value</dt>
                 <dd>{k.hasKey ? <code>{k.keyPreview}</code> : "Not set"}</dd>
                 <dt>Version</dt>
-                <dd>{k.version > 0n ? `v${k.version}` : "None stored"}</dd>
+                <dd data-version={k.version.toString()}>{k.version > 0n ? `v${k.version}` : "None stored"}</dd>
                 <dt>Last updated</dt>
                 <dd>{when(k.lastUpdated)}</dd>
                 <dt>Fallback</dt>
@@ -106,7 +106,7 @@ export function PlatformKeys() {
                   Reveal
                 </button>
                 {k.source === "database" && (
-                  <button type="button" class="small danger" onClick={() => setDeleting(k)} aria-label={`Delete the stored value of ${k.displayName}`}>
+                  <button type="button" class="small danger" onClick={() => setDeleting(k)} aria-label={`Delete stored value of ${k.displayName}`}>
                     Delete stored value
                   </button>
                 )}
