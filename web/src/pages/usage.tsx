@@ -117,7 +117,8 @@ function series(usage: GetKeyUsageResponse, [from, to]: [number, number], step: 
 
 function Chart({ usage, range, perDay }: { usage: GetKeyUsageResponse; range: [number, number]; perDay: boolean }) {
   const box = useRef<HTMLDivElement>(null);
-  const [xs, ys] = series(usage, range, perDay ? DAY : HOUR);
+  const step = perDay ? DAY : HOUR;
+  const [xs, ys] = series(usage, range, step);
   useEffect(() => {
     const el = box.current!;
     const width = () => Math.max(280, el.clientWidth);
@@ -125,7 +126,9 @@ function Chart({ usage, range, perDay }: { usage: GetKeyUsageResponse; range: [n
       {
         width: width(),
         height: 260,
-        scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max)] } },
+        // Each bar starts at its bucket's start and spans the bucket, so the axis ends one step
+        // after the last start.
+        scales: { x: { time: true, range: (_u, min, max) => [min, max + step / 1000] }, y: { range: (_u, _min, max) => [0, Math.max(1, max)] } },
         legend: { show: true },
         series: [
           {},
