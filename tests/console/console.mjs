@@ -241,7 +241,7 @@ async function main() {
   await row.getByRole("link", { name: /^Usage/ }).click();
   await heading(`Usage of ${name}`);
   await page.locator(".chart-box canvas").waitFor();
-  await page.getByText("Requests in this period").waitFor();
+  await page.getByText("Requests in this period", { exact: true }).waitFor();
   await noAlert("Key usage");
   await page.getByLabel("Per day").check();
   await page.getByText(/Requests per day, /).waitFor();
