@@ -191,6 +191,8 @@ async function main() {
   await heading("My keys");
   check(new URL(page.url()).pathname === "/keys", `after sign-in the page is ${page.url()}, not /keys`);
   check(!page.url().includes(userToken), "the session token is in the URL");
+  const held = await page.evaluate(() => [document.cookie, JSON.stringify({ ...localStorage }), JSON.stringify({ ...sessionStorage })]);
+  check(!held.some((s) => s.includes(userToken)), "the session token is readable by the page (cookie or web storage)");
   await page.getByRole("button", { name: "Create key" }).waitFor();
   await page.locator("table.cards, .empty").first().waitFor();
   await noAlert("My keys");

@@ -9,6 +9,7 @@ import { Empty, ErrorBox, Link, Loading, StatusBadge } from "../ui/common";
 
 const HOUR = 3600_000;
 const DAY = 24 * HOUR;
+const COUNT_STEPS = [1, 2, 5].flatMap((m) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].map((p) => m * p)).sort((a, b) => a - b);
 const RANGES = [
   ["1", "Last 24 hours"],
   ["7", "Last 7 days"],
@@ -141,7 +142,8 @@ function Chart({ usage, range, perDay }: { usage: GetKeyUsageResponse; range: [n
             points: { show: false },
           },
         ],
-        axes: [{}, { label: "Requests", size: 60 }],
+        // Whole requests only on the count axis.
+        axes: [{}, { label: "Requests", size: 60, incrs: COUNT_STEPS }],
       },
       [xs, ys],
       el,
