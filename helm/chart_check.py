@@ -122,6 +122,12 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
      {"secret": {"opsCenterSessionRedisUrl": "http://redis.cache.svc:6379"}}),
     ("Ops-Center admin group holding a comma", {"config": {"opsCenter": {"adminGroups": ["admins,ops"]}}}),
     ("empty Ops-Center session key prefix", {"config": {"opsCenter": {"sessionPrefix": ""}}}),
+    ("sync agent without the LiteLLM URL (template check)",
+     {"syncLitellm": {"enabled": True, "existingSecret": "litellm-sync"}}, "syncLitellm.litellmUrl"),
+    ("sync agent without its Secret (template check)",
+     {"syncLitellm": {"enabled": True, "litellmUrl": "http://litellm:4000"}}, "syncLitellm.existingSecret"),
+    ("sync agent LiteLLM URL with credentials", {"syncLitellm": {"litellmUrl": "http://admin:pw@litellm:4000"}}),
+    ("unknown key in syncLitellm", {"syncLitellm": {"replicaCount": 2}}),
     ("Ops-Center group given both roles (template check)",
      {"config": {"opsCenter": {"adminGroups": ["ops"], "userGroups": ["ops"]}}},
      "config.opsCenter.userGroups"),
@@ -295,6 +301,69 @@ def matches(selector: dict, labels: dict) -> bool:
     return True
 
 
+def container_security_problems(name: str, c: dict, psc: dict) -> list[str]:
+    sc = c.get("securityContext", {})
+    checks = {
+        "readOnlyRootFilesystem": sc.get("readOnlyRootFilesystem") is True,
+        "allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
+        "capabilities drop ALL": "ALL" in (sc.get("capabilities") or {}).get("drop", []),
+        "seccomp RuntimeDefault": (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        == "RuntimeDefault",
+    }
+    return [f"Deployment {name}: container {c['name']} lacks {what}" for what, ok in checks.items() if not ok]
+
+
+def agent_problems(agents: dict[str, dict], services: dict[str, dict], values: dict) -> list[str]:
+    """The LiteLLM sync agent: rendered only when enabled, one pod at a time, `keyhouse sync
+    litellm` with its token and LiteLLM's master key from a Secret, and nothing of the database."""
+    p: list[str] = []
+    sync = values["syncLitellm"]
+    if len(agents) != (1 if sync["enabled"] else 0):
+        p.append(f"{len(agents)} sync-litellm Deployments rendered, expected {1 if sync['enabled'] else 0}")
+    for name, dep in agents.items():
+        spec = dep["spec"]
+        pod = spec["template"]["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        if not matches(spec["selector"], labels):
+            p.append(f"Deployment {name}: selector does not match its pod labels")
+        if spec.get("replicas") != 1 or (spec.get("strategy") or {}).get("type") != "Recreate":
+            p.append(f"Deployment {name}: not one replica with the Recreate strategy")
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True:
+            p.append(f"Deployment {name}: pod runAsNonRoot is not true")
+        if pod.get("automountServiceAccountToken") is not False:
+            p.append(f"Deployment {name}: mounts a service account token it never uses")
+        for c in pod["containers"]:
+            p += container_security_problems(name, c, psc)
+            if c.get("command", []) + c.get("args", [])[:2] != ["/usr/local/bin/keyhouse", "sync", "litellm"]:
+                p.append(f"Deployment {name}: does not run `keyhouse sync litellm`")
+            env = {e["name"]: e for e in c.get("env", [])}
+            for var in ("KEYHOUSE_SYNC_SERVICE_TOKEN", "LITELLM_MASTER_KEY"):
+                ref = (env.get(var, {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+                if ref.get("name") != sync["existingSecret"]:
+                    p.append(f"Deployment {name}: {var} is not read from syncLitellm.existingSecret")
+            for var in ("DATABASE_URL", "KEYHOUSE_ENCRYPTION_KEYS"):
+                if var in env:
+                    p.append(f"Deployment {name}: gets {var}, which the agent does not need")
+            if env.get("KEYHOUSE_SYNC_LITELLM_URL", {}).get("value") != sync["litellmUrl"]:
+                p.append(f"Deployment {name}: KEYHOUSE_SYNC_LITELLM_URL is not syncLitellm.litellmUrl")
+            if env.get("KEYHOUSE_SYNC_LITELLM_MAPPING", {}).get("value") != sync["mapping"]:
+                p.append(f"Deployment {name}: KEYHOUSE_SYNC_LITELLM_MAPPING is not syncLitellm.mapping")
+            url = env.get("KEYHOUSE_SYNC_KEYHOUSE_URL", {}).get("value", "")
+            if sync["keyhouseUrl"]:
+                if url != sync["keyhouseUrl"]:
+                    p.append(f"Deployment {name}: KEYHOUSE_SYNC_KEYHOUSE_URL is not syncLitellm.keyhouseUrl")
+            else:
+                platform = [n for n, svc in services.items()
+                            if svc["metadata"]["labels"].get("app.kubernetes.io/component") == "platform-key-service"
+                            and svc["spec"].get("clusterIP") != "None"]
+                want = [f"http://{n}:{values['service']['port']}" for n in platform]
+                if url not in want:
+                    p.append(f"Deployment {name}: KEYHOUSE_SYNC_KEYHOUSE_URL {url!r} is not the platform-key "
+                             f"Service ({want})")
+    return p
+
+
 def wiring_problems(docs: list[dict], values: dict) -> list[str]:
     p: list[str] = []
     by_kind: dict[str, list[dict]] = {}
@@ -318,6 +387,12 @@ def wiring_problems(docs: list[dict], values: dict) -> list[str]:
 
     def pod_labels(dep: dict) -> dict:
         return dep["spec"]["template"]["metadata"]["labels"]
+
+    # The LiteLLM sync agent is a Deployment of its own kind: no port, no database; checked apart.
+    agents = {n: d for n, d in deployments.items()
+              if pod_labels(d).get("app.kubernetes.io/component") == "sync-litellm"}
+    deployments = {n: d for n, d in deployments.items() if n not in agents}
+    p += agent_problems(agents, services, values)
 
     enabled = {c for c, k in (("user-key-service", "userKeyService"),
                               ("platform-key-service", "platformKeyService")) if values[k]["enabled"]}
@@ -350,17 +425,7 @@ def wiring_problems(docs: list[dict], values: dict) -> list[str]:
             if not matches(tsc.get("labelSelector", {}), pod_labels(dep)):
                 p.append(f"Deployment {name}: a topologySpreadConstraint selects none of its pods")
         for c in pod["containers"]:
-            sc = c.get("securityContext", {})
-            checks = {
-                "readOnlyRootFilesystem": sc.get("readOnlyRootFilesystem") is True,
-                "allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
-                "capabilities drop ALL": "ALL" in (sc.get("capabilities") or {}).get("drop", []),
-                "seccomp RuntimeDefault": (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
-                == "RuntimeDefault",
-            }
-            for what, ok in checks.items():
-                if not ok:
-                    p.append(f"Deployment {name}: container {c['name']} lacks {what}")
+            p += container_security_problems(name, c, psc)
             if c.get("command") != [f"/usr/local/bin/{component}"]:
                 p.append(f"Deployment {name}: command {c.get('command')} does not run {component}")
             ports = {pp["name"]: pp["containerPort"] for pp in c.get("ports", [])}

@@ -1976,6 +1976,22 @@ pub struct PlatformKeyEvent {
     pub initial: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportPlatformKeySyncRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The version applied; 0 for an environment value or a removal (`source` says which).
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+    /// Where it was applied, e.g. `litellm`.
+    #[prost(string, tag = "3")]
+    pub target: ::prost::alloc::string::String,
+    /// The source the applied event had: `database`, `environment` or `not_set`.
+    #[prost(string, tag = "4")]
+    pub source: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReportPlatformKeySyncResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListAuditEventsRequest {
     /// Filters; empty means any.
     #[prost(string, tag = "1")]
@@ -2335,6 +2351,7 @@ pub mod platform_key_service_client {
         }
         /// Streams the current state of every key, then one message per change, including changes
         /// made on other replicas.
+        /// Admins and internal services' tokens (the LiteLLM sync agent) may watch.
         pub async fn watch_platform_keys(
             &mut self,
             request: impl tonic::IntoRequest<super::WatchPlatformKeysRequest>,
@@ -2363,6 +2380,40 @@ pub mod platform_key_service_client {
                     ),
                 );
             self.inner.server_streaming(req, path, codec).await
+        }
+        /// A sync agent reports that it applied a key's version to a target (e.g. `litellm`): recorded
+        /// as a `platform_key.synced` audit event. Service tokens only.
+        /// Errors: NOT_FOUND for a name not in the catalog; INVALID_ARGUMENT naming `version` (negative),
+        /// `target` (empty, longer than 100 characters, or not lowercase letters, digits, `.`, `_`, `-`)
+        /// or `source`.
+        pub async fn report_platform_key_sync(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReportPlatformKeySyncRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportPlatformKeySyncResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyhouse.v1.PlatformKeyService/ReportPlatformKeySync",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "keyhouse.v1.PlatformKeyService",
+                        "ReportPlatformKeySync",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
         }
         /// Lists audit events, newest first, filtered and paginated.
         pub async fn list_audit_events(
@@ -2479,11 +2530,24 @@ pub mod platform_key_service_server {
             + 'static;
         /// Streams the current state of every key, then one message per change, including changes
         /// made on other replicas.
+        /// Admins and internal services' tokens (the LiteLLM sync agent) may watch.
         async fn watch_platform_keys(
             &self,
             request: tonic::Request<super::WatchPlatformKeysRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::WatchPlatformKeysStream>,
+            tonic::Status,
+        >;
+        /// A sync agent reports that it applied a key's version to a target (e.g. `litellm`): recorded
+        /// as a `platform_key.synced` audit event. Service tokens only.
+        /// Errors: NOT_FOUND for a name not in the catalog; INVALID_ARGUMENT naming `version` (negative),
+        /// `target` (empty, longer than 100 characters, or not lowercase letters, digits, `.`, `_`, `-`)
+        /// or `source`.
+        async fn report_platform_key_sync(
+            &self,
+            request: tonic::Request<super::ReportPlatformKeySyncRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReportPlatformKeySyncResponse>,
             tonic::Status,
         >;
         /// Lists audit events, newest first, filtered and paginated.
@@ -2965,6 +3029,55 @@ pub mod platform_key_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyhouse.v1.PlatformKeyService/ReportPlatformKeySync" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportPlatformKeySyncSvc<T: PlatformKeyService>(pub Arc<T>);
+                    impl<
+                        T: PlatformKeyService,
+                    > tonic::server::UnaryService<super::ReportPlatformKeySyncRequest>
+                    for ReportPlatformKeySyncSvc<T> {
+                        type Response = super::ReportPlatformKeySyncResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReportPlatformKeySyncRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as PlatformKeyService>::report_platform_key_sync(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportPlatformKeySyncSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -234,7 +234,8 @@ fn subject(method: &str) -> Subject {
         | "GetDecryptedPlatformKey"
         | "ListPlatformKeyVersions"
         | "RollbackPlatformKey"
-        | "TestPlatformKey" => Subject::PlatformKey,
+        | "TestPlatformKey"
+        | "ReportPlatformKeySync" => Subject::PlatformKey,
         other => panic!("authorization_matrix.rs does not know how to call {other}: add it"),
     }
 }
@@ -777,6 +778,15 @@ impl World {
                 "ListAuditEvents" => done(
                     c.list_audit_events(pb::ListAuditEventsRequest::default())
                         .await,
+                ),
+                "ReportPlatformKeySync" => done(
+                    c.report_platform_key_sync(pb::ReportPlatformKeySyncRequest {
+                        name: openai(),
+                        version: 1,
+                        target: "litellm".into(),
+                        source: "database".into(),
+                    })
+                    .await,
                 ),
                 other => panic!("authorization_matrix.rs has no gRPC request for {other}"),
             };

@@ -280,6 +280,42 @@ impl TestServer {
         server
     }
 
+    /// Stops serving, as a shutdown signal does (open streams end with UNAVAILABLE); the
+    /// database stays. `serve_again` starts it on the same address.
+    pub async fn stop_serving(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Serves again on the same address and database after `stop_serving`.
+    pub async fn serve_again(&mut self) {
+        let mut listener = None;
+        for _ in 0..400 {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+        let listener = listener.expect("the server's address is free again within 10 s");
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(keyhouse::serve(
+            self.settings.clone(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        )));
+        self.stop = Some(stop);
+        self.wait_until_serving().await;
+    }
+
     async fn wait_until_serving(&mut self) {
         for _ in 0..400 {
             if self.task.as_ref().is_some_and(|t| t.is_finished()) {

@@ -765,4 +765,62 @@ async fn validate_key_answers_in_the_ops_center_shape(backend: Backend) {
         .await
         .expect("JSON");
     assert_eq!(malformed["valid"], false);
+    let unscoped: Value = http
+        .post(&url)
+        .json(&json!({"api_key": key.api_key, "required_scopes": ["llm:inference", "keys:manage"]}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        unscoped,
+        json!({"valid": false, "reason": "INSUFFICIENT_SCOPE"})
+    );
+    let limited = mint(
+        &mut server.user_client(Some(&token)).await,
+        pb::CreateKeyRequest {
+            rate_limit_per_minute: Some(5),
+            ..named("limited")
+        },
+    )
+    .await;
+    let windowed: Value = http
+        .post(&url)
+        .json(&json!({"api_key": limited.api_key, "required_scopes": ["llm:inference"]}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(windowed["valid"], true);
+    assert_eq!(
+        (
+            &windowed["rate_limit"]["limit"],
+            &windowed["rate_limit"]["remaining"]
+        ),
+        (&json!(5), &json!(4))
+    );
+    assert!(
+        windowed["rate_limit"]["reset_at"]
+            .as_str()
+            .is_some_and(|at| chrono::DateTime::parse_from_rfc3339(at).is_ok()),
+        "{windowed}"
+    );
+    let too_many: Value = http
+        .post(&url)
+        .json(&json!({"api_key": key.api_key, "required_scopes": vec!["x"; 65]}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        too_many["detail"][0]["loc"],
+        json!(["body", "required_scopes"]),
+        "{too_many}"
+    );
 }

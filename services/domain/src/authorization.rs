@@ -115,7 +115,19 @@ pub static TABLE: &[Rule] = &[
     admin("keyhouse.v1.PlatformKeyService/ListPlatformKeyVersions"),
     admin("keyhouse.v1.PlatformKeyService/RollbackPlatformKey"),
     admin("keyhouse.v1.PlatformKeyService/TestPlatformKey"),
-    admin("keyhouse.v1.PlatformKeyService/WatchPlatformKeys"),
+    // The LiteLLM sync agent watches with a service token; the subscription is audited.
+    Rule {
+        service_token: true,
+        ..admin("keyhouse.v1.PlatformKeyService/WatchPlatformKeys")
+    },
+    Rule {
+        rpc: "keyhouse.v1.PlatformKeyService/ReportPlatformKeySync",
+        anonymous: false,
+        user: Reach::None,
+        admin: Reach::None,
+        api_key_scope: None,
+        service_token: true,
+    },
     admin("keyhouse.v1.PlatformKeyService/ListAuditEvents"),
 ];
 

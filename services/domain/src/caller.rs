@@ -115,6 +115,24 @@ impl Caller {
         &self.principal.user_id
     }
 
+    /// An admin, or an internal service where the authorization table let its token through.
+    pub fn require_admin_or_service(&self) -> Result<()> {
+        match self.source {
+            IdentitySource::ServiceToken => Ok(()),
+            _ => self.require_admin(),
+        }
+    }
+
+    /// An internal service's token and nothing else.
+    pub fn require_service(&self) -> Result<()> {
+        match self.source {
+            IdentitySource::ServiceToken => Ok(()),
+            _ => Err(Error::PermissionDenied(
+                "a service token is required".into(),
+            )),
+        }
+    }
+
     pub fn require_admin(&self) -> Result<()> {
         match self.principal.role {
             Role::Admin => Ok(()),

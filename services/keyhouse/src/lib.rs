@@ -1,6 +1,8 @@
 //! The embedded deployment: every keyhouse service in one process on one port, migrating its
 //! database on start. `main.rs` parses the command line; tests call `serve` directly.
 
+pub mod sync_litellm;
+
 use keyhouse_server::ServerSettings;
 use keyhouse_server::bootstrap::{self, Deployment, Mount};
 

@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Serve every keyhouse service on one port, migrating the database first.
     Serve(ServerSettings),
+    /// Push platform keys to another system as they change.
+    #[command(subcommand)]
+    Sync(SyncCommand),
     #[command(flatten)]
     Operator(Operator),
 }
@@ -61,6 +64,24 @@ enum Operator {
         force: bool,
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEFAULT_DATABASE_URL)]
         database_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Watch platform keys with a service token and apply each change to a LiteLLM proxy's
+    /// credentials (and mapped models), with no LiteLLM restart. `--once` applies the current
+    /// state and exits.
+    Litellm {
+        #[command(flatten)]
+        settings: keyhouse::sync_litellm::SyncSettings,
+        #[arg(
+            long,
+            env = "KEYHOUSE_LOG_FORMAT",
+            value_enum,
+            default_value = "pretty"
+        )]
+        log_format: telemetry::LogFormat,
     },
 }
 
@@ -149,6 +170,19 @@ async fn main() -> std::process::ExitCode {
                 shutdown,
             )
             .await
+        }
+        Command::Sync(SyncCommand::Litellm {
+            settings,
+            log_format,
+        }) => {
+            let shutdown = bootstrap::shutdown_signal();
+            bootstrap::exit_on_error(
+                async {
+                    let _telemetry = telemetry::init(log_format, "keyhouse-sync-litellm")?;
+                    keyhouse::sync_litellm::run(settings, shutdown).await
+                }
+                .await,
+            )
         }
         Command::Operator(command) => bootstrap::exit_on_error(
             async {

@@ -10,6 +10,7 @@ use keyhouse_proto::v1::platform_key_service_server::{
     PlatformKeyService, PlatformKeyServiceServer,
 };
 use keyhouse_server::Services;
+use keyhouse_server::auth::ServiceTokens;
 use keyhouse_server::bootstrap::{BoxFuture, Context, Mount};
 use keyhouse_server::grpc::{self, Authenticator, reply};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
@@ -20,10 +21,16 @@ pub mod rest;
 pub const SERVICE_NAME: &str = "keyhouse.v1.PlatformKeyService";
 
 /// The RPCs with no REST path, and why.
-pub const GRPC_ONLY: &[(&str, &str)] = &[(
-    "WatchPlatformKeys",
-    "a server stream: native gRPC and grpc-web only",
-)];
+pub const GRPC_ONLY: &[(&str, &str)] = &[
+    (
+        "WatchPlatformKeys",
+        "a server stream: native gRPC and grpc-web only",
+    ),
+    (
+        "ReportPlatformKeySync",
+        "called only by the sync agent, which speaks gRPC",
+    ),
+];
 
 #[derive(Clone)]
 pub struct PlatformKeyGrpc {
@@ -61,7 +68,8 @@ impl PlatformKeyGrpc {
         );
         Ok(Self {
             auth: Authenticator::new(ctx.identity.clone(), ctx.sessions.clone())
-                .with_oidc(ctx.oidc.clone()),
+                .with_oidc(ctx.oidc.clone())
+                .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?),
             keys,
         })
     }
@@ -185,6 +193,17 @@ impl PlatformKeyService for PlatformKeyGrpc {
             .map_err(grpc::status)?;
         let stream = ReceiverStream::new(events).map(|event| event.map_err(grpc::status));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_platform_key_sync(
+        &self,
+        req: Request<pb::ReportPlatformKeySyncRequest>,
+    ) -> Result<Response<pb::ReportPlatformKeySyncResponse>, Status> {
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ReportPlatformKeySync")
+            .await?;
+        reply(self.keys.report_sync(&caller, req.into_inner()).await)
     }
 
     async fn list_audit_events(

@@ -64,7 +64,7 @@ pub fn router(service: UserKeyGrpc) -> Router {
 #[derive(OpenApi)]
 #[openapi(
         paths(create_key, list_keys, get_key, revoke_key, regenerate_key, key_usage, validate_key),
-    components(schemas(CreateKeyBody, RegenerateKeyBody, IssuedKeyJson, ApiKeyJson, RevokedJson, UsageJson, HourJson, ValidateKeyBody, ValidatedJson, KeyOwnerJson, ErrorBody, ValidationErrorBody)),
+    components(schemas(CreateKeyBody, RegenerateKeyBody, IssuedKeyJson, ApiKeyJson, RevokedJson, UsageJson, HourJson, ValidateKeyBody, ValidatedJson, KeyOwnerJson, RateLimitJson, ErrorBody, ValidationErrorBody)),
     tags((name = "user-keys", description = "The caller's API keys for the gateway"))
 )]
 pub struct Docs;
@@ -161,6 +161,10 @@ pub struct ValidateKeyBody {
     /// one inside them; without it the answer is `valid: false`, reason `IP_NOT_ALLOWED`.
     #[serde(default)]
     pub client_ip: Option<String>,
+    /// Scopes the request needs; the key must hold every one, or the answer is `valid: false`,
+    /// reason `INSUFFICIENT_SCOPE`. At most 64; none when omitted.
+    #[serde(default)]
+    pub required_scopes: Option<Vec<String>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -181,6 +185,18 @@ pub struct ValidatedJson {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<KeyOwnerJson>,
+    /// For a key with a rate limit, once it got past the other checks (valid, or `RATE_LIMITED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitJson>,
+}
+
+/// A rate-limited key's window: requests allowed per minute, left in this minute, and when the
+/// window resets (RFC 3339).
+#[derive(Serialize, ToSchema)]
+pub struct RateLimitJson {
+    pub limit: i32,
+    pub remaining: i32,
+    pub reset_at: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -380,23 +396,30 @@ async fn validate_key(
 ) -> Result<Json<ValidatedJson>, RestError> {
     let req = pb::VerifyKeyRequest {
         api_key: body.api_key,
-        required_scopes: Vec::new(),
+        required_scopes: body.required_scopes.unwrap_or_default(),
         client_ip: body.client_ip.unwrap_or_default(),
     };
     let out = svc
         .verify_key(grpc_request(&headers, req))
         .await?
         .into_inner();
+    let rate_limit = (out.limit > 0).then(|| RateLimitJson {
+        limit: out.limit,
+        remaining: out.remaining,
+        reset_at: rest::rfc3339_opt(out.reset_at.as_ref()),
+    });
     if !out.valid {
         return Ok(Json(ValidatedJson {
             valid: false,
             reason: Some(out.reason().as_str_name().to_owned()),
             user: None,
+            rate_limit,
         }));
     }
     Ok(Json(ValidatedJson {
         valid: true,
         reason: None,
+        rate_limit,
         user: Some(KeyOwnerJson {
             id: out.user_id.clone(),
             expires_at: rest::rfc3339_opt(out.expires_at.as_ref()),

@@ -24,7 +24,7 @@ impl PlatformKeys {
         caller: &Caller,
         req: pb::WatchPlatformKeysRequest,
     ) -> Result<mpsc::Receiver<Result<pb::PlatformKeyEvent>>> {
-        caller.require_admin()?;
+        caller.require_admin_or_service()?;
         let txn = crate::db::begin(&self.db).await?;
         audit::record(
             &txn,
@@ -56,6 +56,52 @@ impl PlatformKeys {
             .in_current_span(),
         );
         Ok(rx)
+    }
+
+    /// ReportPlatformKeySync: a sync agent applied `version` of a key to `target`; recorded as a
+    /// `platform_key.synced` audit event (never the value: the agent sends none).
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id()))]
+    pub async fn report_sync(
+        &self,
+        caller: &Caller,
+        req: pb::ReportPlatformKeySyncRequest,
+    ) -> Result<pb::ReportPlatformKeySyncResponse> {
+        caller.require_service()?;
+        let spec = super::spec(&req.name)?;
+        if req.version < 0 {
+            return Err(Error::invalid("version", "must be 0 or more"));
+        }
+        let target_ok = !req.target.is_empty()
+            && req.target.len() <= 100
+            && req.target.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if !target_ok {
+            return Err(Error::invalid(
+                "target",
+                "must be 1 to 100 lowercase letters, digits, '.', '_' or '-'",
+            ));
+        }
+        let source = match req.source.as_str() {
+            s @ ("database" | "environment" | "not_set") => s,
+            _ => {
+                return Err(Error::invalid(
+                    "source",
+                    "must be database, environment or not_set",
+                ));
+            }
+        };
+        let txn = crate::db::begin(&self.db).await?;
+        audit::record(
+            &txn,
+            caller,
+            "platform_key.synced",
+            spec.id,
+            json!({ "version": req.version, "target": req.target, "source": source }),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(pb::ReportPlatformKeySyncResponse {})
     }
 
     async fn stream(
