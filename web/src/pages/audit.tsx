@@ -19,6 +19,7 @@ const ACTIONS = [
   "platform_key.decrypt",
   "platform_key.test",
   "platform_key.watch",
+  "platform_key.synced",
 ];
 
 interface Filters {
