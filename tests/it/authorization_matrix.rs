@@ -234,7 +234,8 @@ fn subject(method: &str) -> Subject {
         | "GetDecryptedPlatformKey"
         | "ListPlatformKeyVersions"
         | "RollbackPlatformKey"
-        | "TestPlatformKey" => Subject::PlatformKey,
+        | "TestPlatformKey"
+        | "ListPlatformKeyHealth" => Subject::PlatformKey,
         other => panic!("authorization_matrix.rs does not know how to call {other}: add it"),
     }
 }
@@ -777,6 +778,13 @@ impl World {
                 "ListAuditEvents" => done(
                     c.list_audit_events(pb::ListAuditEventsRequest::default())
                         .await,
+                ),
+                "ListPlatformKeyHealth" => done(
+                    c.list_platform_key_health(pb::ListPlatformKeyHealthRequest {
+                        name: openai(),
+                        ..Default::default()
+                    })
+                    .await,
                 ),
                 other => panic!("authorization_matrix.rs has no gRPC request for {other}"),
             };

@@ -117,6 +117,7 @@ pub static TABLE: &[Rule] = &[
     admin("keyhouse.v1.PlatformKeyService/TestPlatformKey"),
     admin("keyhouse.v1.PlatformKeyService/WatchPlatformKeys"),
     admin("keyhouse.v1.PlatformKeyService/ListAuditEvents"),
+    admin("keyhouse.v1.PlatformKeyService/ListPlatformKeyHealth"),
 ];
 
 /// The row of `service`'s `method`. Every RPC has one (a test checks it), so a miss is a bug.

@@ -75,6 +75,13 @@ pub struct ProviderKeyJson {
     pub last_tested: Option<String>,
     /// `valid`, `invalid`, `error` or `unknown`.
     pub test_status: String,
+    /// Whether the owner opted in to scheduled health checks.
+    pub health_checks: bool,
+    /// `healthy`, `unhealthy` or `unknown` (never tested since stored).
+    pub health_status: String,
+    pub last_latency_ms: Option<i64>,
+    /// Why the last test failed: `auth`, `network`, `refused`, `timeout`, `server` or `http`.
+    pub health_error: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -89,6 +96,9 @@ pub struct AddBody {
     /// credentials, query or fragment whose host is public, unless an operator allows its
     /// network (`KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS`).
     pub endpoint: Option<String>,
+    /// Test the key on keyhouse's schedule and keep its health; off for a new key when absent,
+    /// a replaced key keeps its setting.
+    pub health_checks: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -161,6 +171,10 @@ async fn keys(
                 provider_name: k.provider_name,
                 key_preview: k.key_preview,
                 test_status: k.test_status,
+                last_latency_ms: k.last_tested.is_some().then_some(k.last_latency_ms),
+                health_error: (!k.health_error.is_empty()).then_some(k.health_error),
+                health_checks: k.health_checks,
+                health_status: k.health_status,
             })
             .collect(),
     ))
@@ -179,6 +193,7 @@ async fn add(
         key: body.key,
         label: body.label.unwrap_or_default(),
         endpoint: body.endpoint.unwrap_or_default(),
+        health_checks: body.health_checks,
     };
     let out = svc
         .put_provider_key(grpc_request(&headers, req))
