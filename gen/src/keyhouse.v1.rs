@@ -2049,7 +2049,8 @@ pub struct AuditEvent {
     #[prost(string, tag = "8")]
     pub via_key_id: ::prost::alloc::string::String,
     /// Where the actor's identity came from: `session` (keyhouse's own), `ops_center_session`,
-    /// `oidc`, `service_token` or `api_key`; empty on events recorded before keyhouse kept it.
+    /// `oidc`, `service_token`, `api_key` or `system` (keyhouse's own background work, e.g. health
+    /// checks); empty on events recorded before keyhouse kept it.
     #[prost(string, tag = "9")]
     pub identity_source: ::prost::alloc::string::String,
 }

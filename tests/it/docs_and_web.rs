@@ -26,6 +26,7 @@ const REST_PATHS: &[&str] = &[
     "/api/v1/admin/platform-keys",
     "/api/v1/admin/platform-keys/{name}",
     "/api/v1/admin/platform-keys/{name}/decrypted",
+    "/api/v1/admin/platform-keys/{name}/health",
     "/api/v1/admin/platform-keys/{name}/versions",
     "/api/v1/admin/platform-keys/{name}/rollback",
     "/api/v1/admin/platform-keys/{name}/test",

@@ -201,7 +201,8 @@ pub struct AuditEventJson {
     /// The `uc_` key that authenticated the call, when a key (not a session) did.
     pub via_key_id: Option<String>,
     /// Where the actor's identity came from: `session`, `ops_center_session`, `oidc`,
-    /// `service_token` or `api_key`; null on events recorded before keyhouse kept it.
+    /// `service_token`, `api_key` or `system` (keyhouse's background work); null on events
+    /// recorded before keyhouse kept it.
     pub identity_source: Option<String>,
 }
 
