@@ -23,6 +23,7 @@ const REST_PATHS: &[&str] = &[
     "/api/v1/byok/keys/add",
     "/api/v1/byok/keys/test/{provider}",
     "/api/v1/byok/keys/{provider}",
+    "/api/v1/byok/stats",
     "/api/v1/admin/platform-keys",
     "/api/v1/admin/platform-keys/{name}",
     "/api/v1/admin/platform-keys/{name}/decrypted",
