@@ -304,6 +304,10 @@ pub struct PutProviderKeyRequest {
     /// KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a name is resolved and checked the same way at every test.
     #[prost(string, tag = "4")]
     pub endpoint: ::prost::alloc::string::String,
+    /// Test the key live on keyhouse's schedule (KEYHOUSE_HEALTH_CHECK_SECS) and keep its health.
+    /// Off for a new key when unset; unset on a replaced key keeps its setting.
+    #[prost(bool, optional, tag = "5")]
+    pub health_checks: ::core::option::Option<bool>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PutProviderKeyResponse {
@@ -336,6 +340,19 @@ pub struct ProviderKey {
     /// `valid`, `invalid`, `error` or `unknown` (never tested).
     #[prost(string, tag = "7")]
     pub test_status: ::prost::alloc::string::String,
+    /// Whether the owner opted in to scheduled health checks.
+    #[prost(bool, tag = "8")]
+    pub health_checks: bool,
+    /// `healthy`, `unhealthy` or `unknown` (never tested since stored).
+    #[prost(string, tag = "9")]
+    pub health_status: ::prost::alloc::string::String,
+    /// The last test's time to answer; 0 until tested.
+    #[prost(int64, tag = "10")]
+    pub last_latency_ms: i64,
+    /// Why the last test failed: `auth`, `network`, `refused`, `timeout`, `server` or `http`; empty
+    /// when it passed or never ran.
+    #[prost(string, tag = "11")]
+    pub health_error: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListProviderKeysResponse {
@@ -1833,6 +1850,20 @@ pub struct PlatformKey {
     /// is accepted.
     #[prost(string, tag = "10")]
     pub key_format: ::prost::alloc::string::String,
+    /// `healthy` or `unhealthy` from the last live test (scheduled or manual), `unknown` when the
+    /// key has not been tested or has no value.
+    #[prost(string, tag = "11")]
+    pub health_status: ::prost::alloc::string::String,
+    /// Unset until the key has been tested.
+    #[prost(message, optional, tag = "12")]
+    pub last_tested: ::core::option::Option<::prost_types::Timestamp>,
+    /// The last test's time to answer; 0 until tested.
+    #[prost(int64, tag = "13")]
+    pub last_latency_ms: i64,
+    /// Why the last test failed: `auth`, `network`, `refused`, `timeout`, `server` or `http`; empty
+    /// when it passed or never ran.
+    #[prost(string, tag = "14")]
+    pub health_error: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListPlatformKeysResponse {
@@ -2034,7 +2065,8 @@ pub struct AuditEvent {
     #[prost(string, tag = "8")]
     pub via_key_id: ::prost::alloc::string::String,
     /// Where the actor's identity came from: `session` (keyhouse's own), `ops_center_session`,
-    /// `oidc`, `service_token` or `api_key`; empty on events recorded before keyhouse kept it.
+    /// `oidc`, `service_token`, `api_key` or `system` (keyhouse's own background work, e.g. health
+    /// checks); empty on events recorded before keyhouse kept it.
     #[prost(string, tag = "9")]
     pub identity_source: ::prost::alloc::string::String,
 }
@@ -2042,6 +2074,43 @@ pub struct AuditEvent {
 pub struct ListAuditEventsResponse {
     #[prost(message, repeated, tag = "1")]
     pub events: ::prost::alloc::vec::Vec<AuditEvent>,
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListPlatformKeyHealthRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// 1..=500, 50 when 0.
+    #[prost(int32, tag = "2")]
+    pub page_size: i32,
+    #[prost(string, tag = "3")]
+    pub page_token: ::prost::alloc::string::String,
+}
+/// One live test of a key.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct KeyHealthCheck {
+    #[prost(message, optional, tag = "1")]
+    pub tested_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// `healthy` or `unhealthy`.
+    #[prost(string, tag = "2")]
+    pub status: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub latency_ms: i64,
+    /// The provider's HTTP status; 0 when it did not answer.
+    #[prost(int32, tag = "4")]
+    pub status_code: i32,
+    /// `auth`, `network`, `refused`, `timeout`, `server` or `http`; empty when healthy.
+    #[prost(string, tag = "5")]
+    pub error_class: ::prost::alloc::string::String,
+    /// `schedule` or `manual`.
+    #[prost(string, tag = "6")]
+    pub trigger: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListPlatformKeyHealthResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub checks: ::prost::alloc::vec::Vec<KeyHealthCheck>,
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
 }
@@ -2442,6 +2511,38 @@ pub mod platform_key_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Lists a key's health checks (scheduled and manual live tests), newest first, paginated.
+        /// History never holds the key.
+        /// Errors: INVALID_ARGUMENT naming `page_size` or `page_token`.
+        pub async fn list_platform_key_health(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListPlatformKeyHealthRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPlatformKeyHealthResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/keyhouse.v1.PlatformKeyService/ListPlatformKeyHealth",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "keyhouse.v1.PlatformKeyService",
+                        "ListPlatformKeyHealth",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2556,6 +2657,16 @@ pub mod platform_key_service_server {
             request: tonic::Request<super::ListAuditEventsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListAuditEventsResponse>,
+            tonic::Status,
+        >;
+        /// Lists a key's health checks (scheduled and manual live tests), newest first, paginated.
+        /// History never holds the key.
+        /// Errors: INVALID_ARGUMENT naming `page_size` or `page_token`.
+        async fn list_platform_key_health(
+            &self,
+            request: tonic::Request<super::ListPlatformKeyHealthRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPlatformKeyHealthResponse>,
             tonic::Status,
         >;
     }
@@ -3116,6 +3227,55 @@ pub mod platform_key_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListAuditEventsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/keyhouse.v1.PlatformKeyService/ListPlatformKeyHealth" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListPlatformKeyHealthSvc<T: PlatformKeyService>(pub Arc<T>);
+                    impl<
+                        T: PlatformKeyService,
+                    > tonic::server::UnaryService<super::ListPlatformKeyHealthRequest>
+                    for ListPlatformKeyHealthSvc<T> {
+                        type Response = super::ListPlatformKeyHealthResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListPlatformKeyHealthRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as PlatformKeyService>::list_platform_key_health(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListPlatformKeyHealthSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

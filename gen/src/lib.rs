@@ -67,6 +67,7 @@ pub mod v1 {
             s.field("key", &Redacted(self.key.is_empty()));
             s.field("label", &self.label);
             s.field("endpoint", &self.endpoint);
+            s.field("health_checks", &self.health_checks);
             s.finish()
         }
     }

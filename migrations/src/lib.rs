@@ -8,6 +8,7 @@ mod m20261125_000002_key_limits_and_usage;
 mod m20261202_000003_keyset_indexes;
 mod m20261202_000004_key_tags_and_acting_key;
 mod m20261202_000005_identity_source;
+mod m20261203_000006_key_health;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000003_keyset_indexes::Migration),
             Box::new(m20261202_000004_key_tags_and_acting_key::Migration),
             Box::new(m20261202_000005_identity_source::Migration),
+            Box::new(m20261203_000006_key_health::Migration),
         ]
     }
 }

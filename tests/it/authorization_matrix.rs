@@ -235,7 +235,8 @@ fn subject(method: &str) -> Subject {
         | "ListPlatformKeyVersions"
         | "RollbackPlatformKey"
         | "TestPlatformKey"
-        | "ReportPlatformKeySync" => Subject::PlatformKey,
+        | "ReportPlatformKeySync"
+        | "ListPlatformKeyHealth" => Subject::PlatformKey,
         other => panic!("authorization_matrix.rs does not know how to call {other}: add it"),
     }
 }
@@ -785,6 +786,13 @@ impl World {
                         version: 1,
                         target: "litellm".into(),
                         source: "database".into(),
+                    })
+                    .await,
+                ),
+                "ListPlatformKeyHealth" => done(
+                    c.list_platform_key_health(pb::ListPlatformKeyHealthRequest {
+                        name: openai(),
+                        ..Default::default()
                     })
                     .await,
                 ),

@@ -18,6 +18,7 @@ on_both_databases!(
     live_tests_report_valid_invalid_and_error,
     only_service_tokens_get_a_users_key,
     the_byok_rest_paths_answer_in_the_ops_center_shapes,
+    byok_stats_count_the_callers_keys_in_ops_centers_fields,
 );
 
 const GATEWAY_TOKEN: &str = "svc_gateway_0123456789abcdef";
@@ -583,4 +584,66 @@ async fn the_byok_rest_paths_answer_in_the_ops_center_shapes(backend: Backend) {
         .await
         .expect("GET");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn byok_stats_count_the_callers_keys_in_ops_centers_fields(backend: Backend) {
+    let stub = crate::stub::Provider::start("sk-proj-stats-good-0123456789").await;
+    let url = stub.url.clone();
+    let server = TestServer::start_with(backend, move |s| {
+        s.domain.provider_base_urls = vec![format!("openai={url}")];
+        s.domain.outbound_allowed_networks = vec![crate::stub::NETWORK.into()];
+    })
+    .await;
+    let alice = server.session("alice", Role::User).await;
+    let bob = server.session("bob", Role::User).await;
+    let stats = async |token: &str| -> Value {
+        let response = server
+            .http()
+            .get(server.rest("/api/v1/byok/stats"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET stats");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("JSON")
+    };
+    let total = keyhouse_domain::providers::catalog::byok().count();
+    assert_eq!(
+        stats(&alice).await,
+        json!({"total_providers": total, "configured_providers": 0, "tested_providers": 0, "valid_providers": 0})
+    );
+
+    let mut a = server.user_client(Some(&alice)).await;
+    a.put_provider_key(put("openai", "sk-proj-stats-good-0123456789"))
+        .await
+        .expect("put");
+    a.put_provider_key(put("anthropic", "sk-ant-stats-0123456789"))
+        .await
+        .expect("put");
+    a.test_provider_key(pb::TestProviderKeyRequest {
+        provider: "openai".into(),
+    })
+    .await
+    .expect("test");
+    server
+        .user_client(Some(&bob))
+        .await
+        .put_provider_key(put("groq", "gsk_stats_0123456789"))
+        .await
+        .expect("bob's key");
+
+    assert_eq!(
+        stats(&alice).await,
+        json!({"total_providers": total, "configured_providers": 2, "tested_providers": 1, "valid_providers": 1}),
+        "alice's own keys only"
+    );
+    let anonymous = server
+        .http()
+        .get(server.rest("/api/v1/byok/stats"))
+        .send()
+        .await
+        .expect("GET stats");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = anonymous.json().await.expect("JSON");
+    assert!(body["detail"].is_string(), "{body}");
 }

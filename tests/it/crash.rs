@@ -748,6 +748,7 @@ async fn interrupted_rotate_leaves_every_secret_readable(backend: Backend) {
                 last_tested: Set(None),
                 test_status: Set("unknown".into()),
                 test_message: Set(None),
+                health_checks: Set(false),
             }
         })
         .collect();

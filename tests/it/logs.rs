@@ -306,6 +306,7 @@ async fn every_rpc_and_rest_path_at_trace_level_logs_no_secret(backend: Backend)
                 key: openai_key.clone(),
                 label: "logs".into(),
                 endpoint: String::new(),
+                health_checks: None,
             })
             .await
         ),

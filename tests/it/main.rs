@@ -14,6 +14,7 @@ mod crash;
 mod docs_and_web;
 mod embedded;
 mod fail_closed;
+mod health;
 mod helm;
 mod lifecycle;
 mod litellm;

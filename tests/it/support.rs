@@ -220,6 +220,9 @@ impl TestServer {
         settings.domain.encryption_keys = Some(Secret::new(KeyRing::generate_key()));
         // Isolated from whatever provider variables the machine running the tests has.
         settings.domain.platform_env = Some(EnvFallback::default());
+        // No scheduled live tests writing rows under a test's feet; the health tests turn
+        // them on.
+        settings.domain.health.check_secs = 0;
         settings
     }
 

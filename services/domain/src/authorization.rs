@@ -129,6 +129,7 @@ pub static TABLE: &[Rule] = &[
         service_token: true,
     },
     admin("keyhouse.v1.PlatformKeyService/ListAuditEvents"),
+    admin("keyhouse.v1.PlatformKeyService/ListPlatformKeyHealth"),
 ];
 
 /// The row of `service`'s `method`. Every RPC has one (a test checks it), so a miss is a bug.

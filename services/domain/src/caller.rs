@@ -78,6 +78,8 @@ pub enum IdentitySource {
     ServiceToken,
     /// A `uc_` key acting for its owner.
     ApiKey,
+    /// keyhouse itself, in a background task (scheduled health checks).
+    System,
 }
 
 impl IdentitySource {
@@ -89,6 +91,7 @@ impl IdentitySource {
             IdentitySource::Oidc => "oidc",
             IdentitySource::ServiceToken => "service_token",
             IdentitySource::ApiKey => "api_key",
+            IdentitySource::System => "system",
         }
     }
 }
@@ -111,6 +114,21 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// keyhouse acting on its own (`task`, e.g. `health-check`): the actor of the audit events
+    /// a background task writes. Never the result of authenticating a request.
+    pub fn system(task: &str) -> Self {
+        Self {
+            principal: Principal {
+                user_id: format!("keyhouse:{task}"),
+                email: String::new(),
+                role: Role::Admin,
+            },
+            source: IdentitySource::System,
+            request_id: Uuid::new_v4().simple().to_string(),
+            via_key: None,
+        }
+    }
+
     pub fn user_id(&self) -> &str {
         &self.principal.user_id
     }

@@ -54,6 +54,36 @@ pub struct Settings {
 
     #[command(flatten)]
     pub verify: VerifySettings,
+
+    #[command(flatten)]
+    pub health: HealthSettings,
+}
+
+/// Scheduled health checks of provider keys (platform keys, and BYOK keys whose owners opt in).
+#[derive(clap::Args, Clone, Debug)]
+pub struct HealthSettings {
+    /// How often each key is live-tested (seconds), spread over the period with jitter; 0
+    /// turns scheduled checks off (manual tests still record health).
+    #[arg(long, env = "KEYHOUSE_HEALTH_CHECK_SECS", default_value_t = 3600)]
+    pub check_secs: u64,
+    /// The most scheduled tests of one provider's keys a replica starts in a minute; keys over
+    /// it wait for the next minute.
+    #[arg(
+        long,
+        env = "KEYHOUSE_HEALTH_CHECKS_PER_PROVIDER_PER_MINUTE",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub per_provider_per_minute: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            check_secs: 3600,
+            per_provider_per_minute: 30,
+        }
+    }
 }
 
 /// The verification path: caches, limits, usage.
@@ -107,6 +137,7 @@ impl Settings {
             database_url: database_url.into(),
             keys: KeyPolicy::default(),
             verify: VerifySettings::default(),
+            health: HealthSettings::default(),
             encryption_keys: None,
             encryption_key: None,
             provider_base_urls: Vec::new(),

@@ -13,6 +13,7 @@ pub mod db;
 pub mod duration;
 pub mod entities;
 pub mod error;
+pub mod health;
 pub mod identity;
 pub mod observe;
 pub mod outbound;

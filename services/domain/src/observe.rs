@@ -1,5 +1,5 @@
 //! What the domain reports about its own work (VerifyKey outcomes, verdict-cache lookups, bcrypt
-//! times, the database breaker, where rate limits are counted), without knowing who listens. The server installs an `Observer` that turns these into
+//! times, the database breaker, where rate limits are counted, the health of platform keys), without knowing who listens. The server installs an `Observer` that turns these into
 //! Prometheus metrics; with none installed they cost one atomic load.
 
 use std::sync::OnceLock;
@@ -25,6 +25,11 @@ pub trait Observer: Send + Sync {
     /// admitted, running or waiting), `usage` (counts the last usage flush took), `change_feed`
     /// (changes not yet read by every subscriber).
     fn queue_depth(&self, queue: &'static str, depth: usize);
+    /// The health of a platform key's provider (`provider` is the catalog name): `Some(true)`
+    /// healthy, `Some(false)` unhealthy, `None` unknown (not tested, or no value).
+    fn key_health(&self, provider: &'static str, healthy: Option<bool>) {
+        let _ = (provider, healthy);
+    }
 }
 
 static OBSERVER: OnceLock<Box<dyn Observer>> = OnceLock::new();
@@ -73,5 +78,11 @@ pub(crate) fn rate_limit_count(counted: &'static str) {
 pub(crate) fn queue_depth(queue: &'static str, depth: usize) {
     if let Some(o) = OBSERVER.get() {
         o.queue_depth(queue, depth);
+    }
+}
+
+pub(crate) fn key_health(provider: &'static str, healthy: Option<bool>) {
+    if let Some(o) = OBSERVER.get() {
+        o.key_health(provider, healthy);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use keyhouse_domain::health;
 use keyhouse_domain::platform_keys::PlatformKeys;
 use keyhouse_domain::providers::BaseUrls;
 use keyhouse_proto::v1 as pb;
@@ -48,7 +49,11 @@ impl Mount for Service {
         services: &'a mut Services,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            PlatformKeyGrpc::new(ctx)?.register(services);
+            let grpc = PlatformKeyGrpc::new(ctx)?;
+            if let Some(checks) = health::schedule(grpc.keys.clone(), &ctx.settings.domain.health) {
+                services.in_background(checks);
+            }
+            grpc.register(services);
             Ok(())
         })
     }
@@ -215,5 +220,16 @@ impl PlatformKeyService for PlatformKeyGrpc {
             .caller_of(req.metadata(), SERVICE_NAME, "ListAuditEvents")
             .await?;
         reply(self.keys.audit_events(&caller, req.into_inner()).await)
+    }
+
+    async fn list_platform_key_health(
+        &self,
+        req: Request<pb::ListPlatformKeyHealthRequest>,
+    ) -> Result<Response<pb::ListPlatformKeyHealthResponse>, Status> {
+        let caller = self
+            .auth
+            .caller_of(req.metadata(), SERVICE_NAME, "ListPlatformKeyHealth")
+            .await?;
+        reply(self.keys.health_history(&caller, req.into_inner()).await)
     }
 }

@@ -51,6 +51,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/api/v1/admin/platform-keys/{name}/test",
     ),
     ("ListAuditEvents", "get", "/api/v1/admin/audit-events"),
+    (
+        "ListPlatformKeyHealth",
+        "get",
+        "/api/v1/admin/platform-keys/{name}/health",
+    ),
 ];
 
 pub fn router(service: PlatformKeyGrpc) -> Router {
@@ -70,15 +75,16 @@ pub fn router(service: PlatformKeyGrpc) -> Router {
             post(rollback),
         )
         .route("/api/v1/admin/platform-keys/{name}/test", post(test))
+        .route("/api/v1/admin/platform-keys/{name}/health", get(health))
         .route("/api/v1/admin/audit-events", get(audit_events))
         .with_state(service)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, update, delete, decrypted, versions, rollback, test, audit_events),
+    paths(list, update, delete, decrypted, versions, rollback, test, audit_events, health),
     components(schemas(PlatformKeyJson, PlatformKeyList, UpdateBody, UpdatedJson, PlatformKeyDeletedJson, DecryptedJson,
-        VersionJson, VersionList, RollbackBody, PlatformKeyTestedJson, AuditEventJson, ErrorBody, ValidationErrorBody)),
+        VersionJson, VersionList, RollbackBody, PlatformKeyTestedJson, AuditEventJson, HealthCheckJson, ErrorBody, ValidationErrorBody)),
     tags((name = "platform-keys", description = "The platform's provider secrets (admins only)"))
 )]
 pub struct Docs;
@@ -96,6 +102,26 @@ pub struct PlatformKeyJson {
     /// `database`, `environment` or `not_set`.
     pub source: String,
     pub version: i64,
+    /// `healthy`, `unhealthy` or `unknown` (never tested, or no value).
+    pub health_status: String,
+    pub last_tested: Option<String>,
+    pub last_latency_ms: Option<i64>,
+    /// Why the last test failed: `auth`, `network`, `refused`, `timeout`, `server` or `http`.
+    pub health_error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HealthCheckJson {
+    pub tested_at: Option<String>,
+    /// `healthy` or `unhealthy`.
+    pub status: String,
+    pub latency_ms: i64,
+    /// The provider's HTTP status; null when it did not answer.
+    pub status_code: Option<i32>,
+    /// `auth`, `network`, `refused`, `timeout`, `server` or `http`; null when healthy.
+    pub error_class: Option<String>,
+    /// `schedule` or `manual`.
+    pub trigger: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -175,7 +201,8 @@ pub struct AuditEventJson {
     /// The `uc_` key that authenticated the call, when a key (not a session) did.
     pub via_key_id: Option<String>,
     /// Where the actor's identity came from: `session`, `ops_center_session`, `oidc`,
-    /// `service_token` or `api_key`; null on events recorded before keyhouse kept it.
+    /// `service_token`, `api_key` or `system` (keyhouse's background work); null on events
+    /// recorded before keyhouse kept it.
     pub identity_source: Option<String>,
 }
 
@@ -189,6 +216,13 @@ const NAME_PATH: Places = Places {
 #[serde(default)]
 struct ReasonQuery {
     reason: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct PageQuery {
+    page_size: Option<String>,
+    page_token: String,
 }
 
 #[derive(Default, Deserialize)]
@@ -236,6 +270,10 @@ async fn list(
             last_updated: rest::rfc3339_opt(k.last_updated.as_ref()),
             source: k.source,
             version: k.version,
+            last_tested: rest::rfc3339_opt(k.last_tested.as_ref()),
+            last_latency_ms: k.last_tested.is_some().then_some(k.last_latency_ms),
+            health_error: (!k.health_error.is_empty()).then_some(k.health_error),
+            health_status: k.health_status,
         })
         .collect();
     Ok(Json(PlatformKeyList {
@@ -444,4 +482,44 @@ async fn audit_events(
         })
         .collect();
     Ok(rest::page::<AuditEventJson>(events, &out.next_page_token))
+}
+
+/// A key's health checks (scheduled and manual live tests), newest first. The next page's
+/// token is in `X-Next-Page-Token`. History never holds the key.
+#[utoipa::path(get, path = "/api/v1/admin/platform-keys/{name}/health", tag = "platform-keys",
+    params(("name" = String, Path), ("page_size" = Option<i32>, Query, description = "1-500, default 50"), ("page_token" = Option<String>, Query, description = "from X-Next-Page-Token")),
+    responses((status = 200, description = "OK", body = Vec<HealthCheckJson>, headers(("X-Next-Page-Token" = String, description = "absent on the last page"))), (status = 404, description = "Not found", body = ErrorBody), (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
+async fn health(
+    State(svc): State<PlatformKeyGrpc>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, RestError> {
+    let req = pb::ListPlatformKeyHealthRequest {
+        name,
+        page_size: rest::query_int(q.page_size.as_ref(), "page_size")?,
+        page_token: q.page_token,
+    };
+    let places = Places {
+        path: &["name"],
+        query: &["page_size", "page_token"],
+    };
+    let out = svc
+        .list_platform_key_health(grpc_request(&headers, req))
+        .await
+        .map_err(|s| places.error(s))?
+        .into_inner();
+    let checks = out
+        .checks
+        .into_iter()
+        .map(|c| HealthCheckJson {
+            tested_at: rest::rfc3339_opt(c.tested_at.as_ref()),
+            status: c.status,
+            latency_ms: c.latency_ms,
+            status_code: (c.status_code != 0).then_some(c.status_code),
+            error_class: (!c.error_class.is_empty()).then_some(c.error_class),
+            trigger: c.trigger,
+        })
+        .collect();
+    Ok(rest::page::<HealthCheckJson>(checks, &out.next_page_token))
 }

@@ -83,6 +83,10 @@ pub async fn run(
         ctx.settings.sessions.max_ttl,
         Duration::from_secs(ctx.settings.session_purge_secs.max(1)),
     )));
+    let _background: Vec<AbortOnDrop> = std::mem::take(&mut services.background)
+        .into_iter()
+        .map(|task| AbortOnDrop(tokio::spawn(task)))
+        .collect();
     let after = std::mem::take(&mut services.on_shutdown);
     let feed = ctx.feed.clone();
     let shutdown = async move {

@@ -2,8 +2,8 @@
 //! method and status with latency histograms (gRPC, grpc-web and REST alike), VerifyKey outcomes
 //! by reason, the verdict cache's hits and misses, bcrypt durations, the database pool's
 //! connections, the database breaker (open, and the calls it answered at once), where rate
-//! limits are counted, the listener's client connections and the depth of the domain's bounded
-//! queues. Labels never carry a key, a token or a user id.
+//! limits are counted, the listener's client connections, the depth of the domain's bounded
+//! queues and the health of platform keys by provider. Labels never carry a key, a token or a user id.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -35,6 +35,7 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     pub connections_open: IntGauge,
     queue_depth: IntGaugeVec,
+    provider_key_healthy: IntGaugeVec,
 }
 
 fn build() -> prometheus::Result<Metrics> {
@@ -119,6 +120,15 @@ fn build() -> prometheus::Result<Metrics> {
         ),
         &["queue"],
     )?;
+    let provider_key_healthy = IntGaugeVec::new(
+        Opts::new(
+            "provider_key_healthy",
+            "Platform keys by provider: 1 healthy, 0 unhealthy (last live test, scheduled or \
+             manual); no series while unknown. BYOK keys are not exported",
+        ),
+        &["provider"],
+    )?;
+    registry.register(Box::new(provider_key_healthy.clone()))?;
     registry.register(Box::new(queue_depth.clone()))?;
     registry.register(Box::new(connections_accepted.clone()))?;
     registry.register(Box::new(connections_open.clone()))?;
@@ -152,6 +162,7 @@ fn build() -> prometheus::Result<Metrics> {
         connections_accepted,
         connections_open,
         queue_depth,
+        provider_key_healthy,
     })
 }
 
@@ -204,6 +215,16 @@ impl keyhouse_domain::observe::Observer for DomainObserver {
             .queue_depth
             .with_label_values(&[queue])
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    fn key_health(&self, provider: &'static str, healthy: Option<bool>) {
+        let gauge = &METRICS.provider_key_healthy;
+        match healthy {
+            Some(healthy) => gauge.with_label_values(&[provider]).set(i64::from(healthy)),
+            None => {
+                let _ = gauge.remove_label_values(&[provider]);
+            }
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Services {
     pub db: DatabaseConnection,
     /// Work to finish after the last call has drained (flushing usage counts).
     pub on_shutdown: Vec<BoxFuture<'static, anyhow::Result<()>>>,
+    /// Tasks that run while the server serves and end with it (scheduled health checks).
+    pub background: Vec<BoxFuture<'static, ()>>,
 }
 
 impl Services {
@@ -40,7 +42,13 @@ impl Services {
             openapi: docs::base_document(),
             db,
             on_shutdown: Vec::new(),
+            background: Vec::new(),
         }
+    }
+
+    /// Runs `task` once serving starts, until the server stops.
+    pub fn in_background(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.push(Box::pin(task));
     }
 
     /// Runs `work` once the server has stopped taking calls and drained.

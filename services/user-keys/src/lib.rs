@@ -5,6 +5,7 @@
 use keyhouse_domain::authorization;
 use keyhouse_domain::byok::Byok;
 use keyhouse_domain::crypto::key_tag::KeyTagger;
+use keyhouse_domain::health;
 use keyhouse_domain::providers::BaseUrls;
 use keyhouse_domain::user_keys::UserKeys;
 use keyhouse_domain::verify::Verifier;
@@ -57,6 +58,10 @@ impl Mount for Service {
             // Usage counted since the last flush is written before the process ends.
             let verifier = grpc.verifier.clone();
             services.on_shutdown(async move { Ok(verifier.flush_usage().await?) });
+            // BYOK keys whose owners opted in are checked where BYOK is served.
+            if let Some(checks) = health::schedule(grpc.byok.clone(), &ctx.settings.domain.health) {
+                services.in_background(checks);
+            }
             grpc.register(services);
             Ok(())
         })

@@ -45,13 +45,14 @@ pub fn router(service: UserKeyGrpc) -> Router {
         .route("/api/v1/byok/keys/add", post(add))
         .route("/api/v1/byok/keys/test/{provider}", post(test))
         .route("/api/v1/byok/keys/{provider}", delete(remove))
+        .route("/api/v1/byok/stats", get(stats))
         .with_state(service)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(providers, keys, add, test, remove),
-    components(schemas(ProviderJson, ProviderKeyJson, AddBody, AddedJson, ProviderKeyTestedJson, ProviderKeyDeletedJson, ErrorBody, ValidationErrorBody)),
+    paths(providers, keys, add, test, remove, stats),
+    components(schemas(ProviderJson, ProviderKeyJson, AddBody, AddedJson, ProviderKeyTestedJson, ProviderKeyDeletedJson, StatsJson, ErrorBody, ValidationErrorBody)),
     tags((name = "byok", description = "Users' own provider keys"))
 )]
 pub struct Docs;
@@ -75,6 +76,13 @@ pub struct ProviderKeyJson {
     pub last_tested: Option<String>,
     /// `valid`, `invalid`, `error` or `unknown`.
     pub test_status: String,
+    /// Whether the owner opted in to scheduled health checks.
+    pub health_checks: bool,
+    /// `healthy`, `unhealthy` or `unknown` (never tested since stored).
+    pub health_status: String,
+    pub last_latency_ms: Option<i64>,
+    /// Why the last test failed: `auth`, `network`, `refused`, `timeout`, `server` or `http`.
+    pub health_error: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -89,6 +97,9 @@ pub struct AddBody {
     /// credentials, query or fragment whose host is public, unless an operator allows its
     /// network (`KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS`).
     pub endpoint: Option<String>,
+    /// Test the key on keyhouse's schedule and keep its health; off for a new key when absent,
+    /// a replaced key keeps its setting.
+    pub health_checks: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -106,6 +117,19 @@ pub struct ProviderKeyTestedJson {
     pub message: String,
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+}
+
+/// Ops-Center's BYOK statistics of the signed-in user.
+#[derive(Serialize, ToSchema)]
+pub struct StatsJson {
+    /// Every provider a user may bring a key for.
+    pub total_providers: usize,
+    /// The providers the user holds a key for.
+    pub configured_providers: usize,
+    /// Those of the user's keys that have been tested.
+    pub tested_providers: usize,
+    /// Those whose last test found the key valid.
+    pub valid_providers: usize,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -161,6 +185,10 @@ async fn keys(
                 provider_name: k.provider_name,
                 key_preview: k.key_preview,
                 test_status: k.test_status,
+                last_latency_ms: k.last_tested.is_some().then_some(k.last_latency_ms),
+                health_error: (!k.health_error.is_empty()).then_some(k.health_error),
+                health_checks: k.health_checks,
+                health_status: k.health_status,
             })
             .collect(),
     ))
@@ -179,6 +207,7 @@ async fn add(
         key: body.key,
         label: body.label.unwrap_or_default(),
         endpoint: body.endpoint.unwrap_or_default(),
+        health_checks: body.health_checks,
     };
     let out = svc
         .put_provider_key(grpc_request(&headers, req))
@@ -237,5 +266,30 @@ async fn remove(
     Ok(Json(ProviderKeyDeletedJson {
         success: out.success,
         message: out.message,
+    }))
+}
+
+/// The caller's BYOK statistics, in Ops-Center's shape: from ListProviders and ListProviderKeys.
+#[utoipa::path(get, path = "/api/v1/byok/stats", tag = "byok", operation_id = "byok_stats",
+    responses((status = 200, description = "OK", body = StatsJson)))]
+async fn stats(
+    State(svc): State<UserKeyGrpc>,
+    headers: HeaderMap,
+) -> Result<Json<StatsJson>, RestError> {
+    let providers = svc
+        .list_providers(grpc_request(&headers, pb::ListProvidersRequest {}))
+        .await?
+        .into_inner()
+        .providers;
+    let keys = svc
+        .list_provider_keys(grpc_request(&headers, pb::ListProviderKeysRequest {}))
+        .await?
+        .into_inner()
+        .keys;
+    Ok(Json(StatsJson {
+        total_providers: providers.len(),
+        configured_providers: keys.len(),
+        tested_providers: keys.iter().filter(|k| k.last_tested.is_some()).count(),
+        valid_providers: keys.iter().filter(|k| k.test_status == "valid").count(),
     }))
 }

@@ -12,10 +12,12 @@ use uuid::Uuid;
 use crate::caller::Caller;
 use crate::crypto::fernet_ring::{KeyRing, binding};
 use crate::crypto::mask;
-use crate::entities::user_provider_keys;
+use crate::entities::{key_health, user_provider_keys};
 use crate::error::{Error, Result};
+use crate::health;
 use crate::outbound::Outbound;
 use crate::providers::{self, BaseUrls, Provider, catalog};
+use crate::storage::health as health_store;
 use crate::storage::provider_keys as store;
 use crate::storage::{audit, now};
 use crate::timestamp;
@@ -89,6 +91,13 @@ impl Byok {
         let endpoint = endpoint(&self.outbound, provider, req.endpoint.trim())?;
         let at = now();
         let txn = crate::db::begin(&self.db).await?;
+        // Unset keeps a replaced key's choice; a new key starts without scheduled checks.
+        let health_checks = match req.health_checks {
+            Some(on) => on,
+            None => store::find(&txn, caller.user_id(), provider.id)
+                .await?
+                .is_some_and(|k| k.health_checks),
+        };
         store::upsert(
             &txn,
             user_provider_keys::Model {
@@ -106,15 +115,27 @@ impl Byok {
                 last_tested: None,
                 test_status: "unknown".into(),
                 test_message: None,
+                health_checks,
             },
         )
         .await?;
+        // A new key's health starts unknown; an opted-in key is first tested at the next pass,
+        // a key not opted in has no row until a manual test records one.
+        let key_health = health::byok(caller.user_id(), provider.id);
+        if health_checks {
+            health_store::reset(&txn, key_health, true, at).await?;
+        } else {
+            health_store::remove(&txn, key_health).await?;
+        }
         audit::record(
             &txn,
             caller,
             "provider_key.put",
             provider.id,
-            json!({ "key_preview": mask::preview(key), "endpoint": endpoint }),
+            json!({
+                "key_preview": mask::preview(key), "endpoint": endpoint,
+                "health_checks": health_checks,
+            }),
         )
         .await?;
         txn.commit().await?;
@@ -127,19 +148,36 @@ impl Byok {
     }
 
     pub async fn list(&self, caller: &Caller) -> Result<pb::ListProviderKeysResponse> {
-        let keys = self
-            .mine(caller)
-            .await?
+        let mine = self.mine(caller).await?;
+        let health = crate::db::guarded(
+            &self.db,
+            health_store::list(
+                &self.db,
+                health::Kind::Byok.as_str(),
+                Some(caller.user_id()),
+            ),
+        )
+        .await?;
+        let keys = mine
             .into_iter()
-            .map(|k| pb::ProviderKey {
-                provider_name: catalog::find(&k.provider)
-                    .map_or_else(|| k.provider.clone(), |p| p.display_name.to_owned()),
-                provider: k.provider,
-                key_preview: k.key_preview,
-                label: k.label.unwrap_or_default(),
-                added_at: Some(timestamp(k.added_at)),
-                last_tested: k.last_tested.map(timestamp),
-                test_status: k.test_status,
+            .map(|k| {
+                let h = health.iter().find(|h| h.name == k.provider);
+                pb::ProviderKey {
+                    health_checks: k.health_checks,
+                    health_status: h.map_or(health::UNKNOWN, |h| h.status.as_str()).into(),
+                    last_latency_ms: h.and_then(|h| h.last_latency_ms).unwrap_or(0),
+                    health_error: h
+                        .and_then(|h| h.last_error_class.clone())
+                        .unwrap_or_default(),
+                    provider_name: catalog::find(&k.provider)
+                        .map_or_else(|| k.provider.clone(), |p| p.display_name.to_owned()),
+                    provider: k.provider,
+                    key_preview: k.key_preview,
+                    label: k.label.unwrap_or_default(),
+                    added_at: Some(timestamp(k.added_at)),
+                    last_tested: k.last_tested.map(timestamp),
+                    test_status: k.test_status,
+                }
             })
             .collect();
         Ok(pb::ListProviderKeysResponse { keys })
@@ -156,6 +194,7 @@ impl Byok {
         if !store::delete(&txn, caller.user_id(), provider.id).await? {
             return Err(no_key(provider));
         }
+        health_store::remove(&txn, health::byok(caller.user_id(), provider.id)).await?;
         audit::record(&txn, caller, "provider_key.delete", provider.id, json!({})).await?;
         txn.commit().await?;
         Ok(pb::DeleteProviderKeyResponse {
@@ -172,26 +211,8 @@ impl Byok {
     ) -> Result<pb::TestProviderKeyResponse> {
         let provider = provider(&req.provider)?;
         let row = self.find(caller.user_id(), provider).await?;
-        let key = self
-            .ring
-            .decrypt_bound(&binding::byok(&row.user_id, &row.provider), &row.ciphertext)?;
-        let (base, what) = match row.endpoint.as_deref() {
-            Some(endpoint) => (endpoint, "endpoint"),
-            None => (
-                self.urls.get(provider.id, provider.base_url),
-                "the provider URL",
-            ),
-        };
-        let live = provider
-            .live_test
-            .as_ref()
-            .ok_or_else(|| no_live_test(provider))?;
-        let outcome = providers::run(&self.outbound, base, what, live, &key, self.timeout).await;
-        let status = match (outcome.ok, outcome.rejected) {
-            (true, _) => "valid",
-            (false, true) => "invalid",
-            (false, false) => "error",
-        };
+        let outcome = self.live_test(&row, provider).await?;
+        let status = test_status(&outcome);
         let txn = crate::db::begin(&self.db).await?;
         store::record_test(&txn, &row, status, &outcome.detail, now()).await?;
         audit::record(
@@ -203,6 +224,14 @@ impl Byok {
         )
         .await?;
         txn.commit().await?;
+        health::record(
+            &self.db,
+            caller,
+            health::byok(&row.user_id, provider.id),
+            &outcome,
+            health::Trigger::Manual,
+        )
+        .await?;
         Ok(pb::TestProviderKeyResponse {
             provider: provider.id.into(),
             status: status.into(),
@@ -252,6 +281,29 @@ impl Byok {
         })
     }
 
+    /// One live test of a stored key, at the user's endpoint or the provider's URL.
+    async fn live_test(
+        &self,
+        row: &user_provider_keys::Model,
+        provider: &Provider,
+    ) -> Result<providers::Outcome> {
+        let key = self
+            .ring
+            .decrypt_bound(&binding::byok(&row.user_id, &row.provider), &row.ciphertext)?;
+        let (base, what) = match row.endpoint.as_deref() {
+            Some(endpoint) => (endpoint, "endpoint"),
+            None => (
+                self.urls.get(provider.id, provider.base_url),
+                "the provider URL",
+            ),
+        };
+        let live = provider
+            .live_test
+            .as_ref()
+            .ok_or_else(|| no_live_test(provider))?;
+        Ok(providers::run(&self.outbound, base, what, live, &key, self.timeout).await)
+    }
+
     /// The caller's stored keys. Reads go through the database's breaker, so an outage is
     /// answered at once rather than after the pool's acquire timeout.
     async fn mine(&self, caller: &Caller) -> Result<Vec<user_provider_keys::Model>> {
@@ -262,6 +314,51 @@ impl Byok {
         crate::db::guarded(&self.db, store::find(&self.db, user_id, provider.id))
             .await?
             .ok_or_else(|| no_key(provider))
+    }
+}
+
+/// `valid`, `invalid` (the provider rejected the key) or `error`: the test status BYOK lists.
+fn test_status(outcome: &providers::Outcome) -> &'static str {
+    match (outcome.ok, outcome.rejected) {
+        (true, _) => "valid",
+        (false, true) => "invalid",
+        (false, false) => "error",
+    }
+}
+
+/// What the scheduler checks: keys whose owners opted in (their `key_health` rows are
+/// scheduled), each result also kept as the key's test status.
+impl health::Checks for Byok {
+    const KIND: health::Kind = health::Kind::Byok;
+
+    fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    async fn prepare(
+        &self,
+        _first_due: impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    async fn check(&self, row: &key_health::Model) -> Result<Option<providers::Outcome>> {
+        let Some(provider) = catalog::find(&row.name).filter(|p| p.byok && p.live_test.is_some())
+        else {
+            return Ok(None);
+        };
+        let found = store::find(&self.db, &row.user_id, provider.id);
+        let Some(key) = crate::db::guarded(&self.db, found).await? else {
+            return Ok(None);
+        };
+        if !key.health_checks {
+            return Ok(None);
+        }
+        let outcome = self.live_test(&key, provider).await?;
+        let status = test_status(&outcome);
+        let recorded = store::record_test(&self.db, &key, status, &outcome.detail, now());
+        crate::db::guarded(&self.db, recorded).await?;
+        Ok(Some(outcome))
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Model {
     pub last_tested: Option<DateTimeUtc>,
     pub test_status: String,
     pub test_message: Option<String>,
+    /// The owner opted in to scheduled health checks of this key.
+    pub health_checks: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -17,11 +17,14 @@ use crate::caller::Caller;
 use crate::change_feed::{Change, ChangeFeed};
 use crate::crypto::fernet_ring::{KeyRing, binding};
 use crate::crypto::mask;
+use crate::entities::key_health;
 use crate::entities::platform_settings;
 use crate::error::{Error, Result};
+use crate::health;
 use crate::outbound::Outbound;
 use crate::paging::{self, Cursor};
 use crate::providers::{self, BaseUrls, Provider, catalog};
+use crate::storage::health as health_store;
 use crate::storage::platform_keys::{self as store, NewVersion};
 use crate::storage::{audit, now};
 use crate::timestamp;
@@ -125,10 +128,12 @@ impl PlatformKeys {
     #[tracing::instrument(skip_all, fields(actor = %caller.user_id()))]
     pub async fn list(&self, caller: &Caller) -> Result<pb::ListPlatformKeysResponse> {
         caller.require_admin()?;
-        let (stored, previews) = crate::db::guarded(&self.db, async {
+        let (stored, previews, health) = crate::db::guarded(&self.db, async {
             let stored = store::all_current(&self.db).await?;
             let previews = store::previews(&self.db, &stored).await?;
-            Ok((stored, previews))
+            let health =
+                health_store::list(&self.db, health::Kind::Platform.as_str(), None).await?;
+            Ok((stored, previews, health))
         })
         .await?;
         let keys = catalog::platform()
@@ -141,6 +146,11 @@ impl PlatformKeys {
                     (None, Some(value)) => mask::preview(value),
                     (None, None) => String::new(),
                 };
+                // A key with no value has no health, whatever was recorded of an earlier one.
+                let health = health
+                    .iter()
+                    .find(|h| h.name == spec.id)
+                    .filter(|_| source != Source::NotSet);
                 pb::PlatformKey {
                     name: spec.id.into(),
                     display_name: spec.display_name.into(),
@@ -152,6 +162,12 @@ impl PlatformKeys {
                     version: row.map_or(0, |r| r.version),
                     env_var: env_var(spec).into(),
                     key_format: spec.key_format.into(),
+                    health_status: health.map_or(health::UNKNOWN, |h| h.status.as_str()).into(),
+                    last_tested: health.and_then(|h| h.last_tested).map(timestamp),
+                    last_latency_ms: health.and_then(|h| h.last_latency_ms).unwrap_or(0),
+                    health_error: health
+                        .and_then(|h| h.last_error_class.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -322,16 +338,83 @@ impl PlatformKeys {
     ) -> Result<pb::TestPlatformKeyResponse> {
         caller.require_admin()?;
         let spec = spec(&req.name)?;
-        let live = spec.live_test.as_ref().ok_or_else(|| {
-            Error::FailedPrecondition(format!(
+        if spec.live_test.is_none() {
+            return Err(Error::FailedPrecondition(format!(
                 "{} has no live test: keyhouse cannot check it against a provider",
                 spec.display_name
-            ))
-        })?;
-        let current = self.current(spec).await?;
-        let value = self
-            .reveal(spec, &current)?
+            )));
+        }
+        let (source, outcome) = self
+            .live_test(spec)
+            .await?
             .ok_or_else(|| not_configured(spec))?;
+        // One statement commits on its own: no BEGIN and COMMIT round trips around it.
+        let details = json!({
+            "source": source.as_str(), "ok": outcome.ok, "status_code": outcome.status_code,
+        });
+        let recorded = audit::record(&self.db, caller, "platform_key.test", spec.id, details);
+        crate::db::guarded(&self.db, recorded).await?;
+        health::record(
+            &self.db,
+            caller,
+            health::platform(spec.id),
+            &outcome,
+            health::Trigger::Manual,
+        )
+        .await?;
+        Ok(pb::TestPlatformKeyResponse {
+            ok: outcome.ok,
+            status_code: outcome.status_code,
+            latency_ms: outcome.latency_ms,
+            detail: outcome.detail,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
+    pub async fn health_history(
+        &self,
+        caller: &Caller,
+        req: pb::ListPlatformKeyHealthRequest,
+    ) -> Result<pb::ListPlatformKeyHealthResponse> {
+        caller.require_admin()?;
+        let spec = spec(&req.name)?;
+        let limit = paging::page_size(req.page_size)?;
+        let after = Cursor::decode(&req.page_token)?;
+        let rows = crate::db::guarded(
+            &self.db,
+            health_store::history(&self.db, health::platform(spec.id), after, limit),
+        )
+        .await?;
+        let (rows, next_page_token) = paging::split_page(rows, limit, |r| Cursor {
+            at: r.tested_at,
+            id: r.id,
+        });
+        let checks = rows
+            .into_iter()
+            .map(|r| pb::KeyHealthCheck {
+                tested_at: Some(timestamp(r.tested_at)),
+                status: r.status,
+                latency_ms: r.latency_ms,
+                status_code: r.status_code,
+                error_class: r.error_class.unwrap_or_default(),
+                trigger: r.trigger,
+            })
+            .collect();
+        Ok(pb::ListPlatformKeyHealthResponse {
+            checks,
+            next_page_token,
+        })
+    }
+
+    /// One live test of a key's current value; `None` when it has no value (or no live test).
+    async fn live_test(&self, spec: &Provider) -> Result<Option<(Source, providers::Outcome)>> {
+        let Some(live) = spec.live_test.as_ref() else {
+            return Ok(None);
+        };
+        let current = self.current(spec).await?;
+        let Some(value) = self.reveal(spec, &current)? else {
+            return Ok(None);
+        };
         let base = self.urls.get(spec.id, spec.base_url);
         let outcome = providers::run(
             &self.outbound,
@@ -342,18 +425,7 @@ impl PlatformKeys {
             LIVE_TEST_TIMEOUT,
         )
         .await;
-        // One statement commits on its own: no BEGIN and COMMIT round trips around it.
-        let details = json!({
-            "source": current.source.as_str(), "ok": outcome.ok, "status_code": outcome.status_code,
-        });
-        let recorded = audit::record(&self.db, caller, "platform_key.test", spec.id, details);
-        crate::db::guarded(&self.db, recorded).await?;
-        Ok(pb::TestPlatformKeyResponse {
-            ok: outcome.ok,
-            status_code: outcome.status_code,
-            latency_ms: outcome.latency_ms,
-            detail: outcome.detail,
-        })
+        Ok(Some((current.source, outcome)))
     }
 
     #[tracing::instrument(skip_all, fields(actor = %caller.user_id()))]
@@ -437,6 +509,8 @@ impl PlatformKeys {
             }),
         )
         .await?;
+        // A new value is checked at the scheduler's next pass, not a period later.
+        health_store::due_at(&txn, health::platform(spec.id), now()).await?;
         self.feed
             .commit(txn, &[Change::PlatformKey(spec.id.into())])
             .await?;
@@ -479,6 +553,44 @@ impl PlatformKeys {
                 .map(Some),
             None => Ok(self.env.get(spec.id).cloned()),
         }
+    }
+}
+
+/// What the scheduler checks: every platform key with a live test and a value (stored or from
+/// the environment).
+impl health::Checks for PlatformKeys {
+    const KIND: health::Kind = health::Kind::Platform;
+
+    fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    async fn prepare(
+        &self,
+        first_due: impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync,
+    ) -> Result<()> {
+        let (stored, rows) = crate::db::guarded(&self.db, async {
+            let stored = store::all_current(&self.db).await?;
+            let rows = health_store::list(&self.db, health::Kind::Platform.as_str(), None).await?;
+            Ok((stored, rows))
+        })
+        .await?;
+        for spec in catalog::platform().filter(|s| s.live_test.is_some()) {
+            let set = stored.iter().any(|r| r.key == spec.id) || self.env.get(spec.id).is_some();
+            if set && !rows.iter().any(|r| r.name == spec.id) {
+                let added =
+                    health_store::ensure(&self.db, health::platform(spec.id), true, first_due());
+                crate::db::guarded(&self.db, added).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check(&self, row: &key_health::Model) -> Result<Option<providers::Outcome>> {
+        let Some(spec) = catalog::find(&row.name).filter(|p| p.env_var.is_some()) else {
+            return Ok(None);
+        };
+        Ok(self.live_test(spec).await?.map(|(_, outcome)| outcome))
     }
 }
 

@@ -64,6 +64,39 @@ pub struct Outcome {
     pub detail: String,
     /// The provider answered that the key is not valid (401/403).
     pub rejected: bool,
+    /// Why the test failed, as a class that health history and audit events record; `None`
+    /// when the key was accepted.
+    pub error_class: Option<ErrorClass>,
+}
+
+/// Why a live test failed, in a word: what health history stores (never the provider's text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The provider rejected the key (HTTP 401 or 403).
+    Auth,
+    /// The provider answered HTTP 5xx.
+    Server,
+    /// The provider answered another non-2xx status (404, 429, ...).
+    Http,
+    /// No answer within the test's timeout.
+    Timeout,
+    /// No connection, or the request failed on the way.
+    Network,
+    /// The outbound guard refused the URL: nothing was sent.
+    Refused,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Auth => "auth",
+            ErrorClass::Server => "server",
+            ErrorClass::Http => "http",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Network => "network",
+            ErrorClass::Refused => "refused",
+        }
+    }
 }
 
 /// Runs `test` against `base_url` with `key`, within `timeout`, through the outbound guard.
@@ -119,12 +152,19 @@ pub async fn run(
                 ),
                 _ => (false, false, format!("the provider answered HTTP {code}")),
             };
+            let error_class = match code {
+                200..=299 => None,
+                401 | 403 => Some(ErrorClass::Auth),
+                500..=599 => Some(ErrorClass::Server),
+                _ => Some(ErrorClass::Http),
+            };
             Outcome {
                 ok,
                 status_code: i32::from(code),
                 latency_ms,
                 detail,
                 rejected,
+                error_class,
             }
         }
         Err(e) => {
@@ -132,12 +172,21 @@ pub async fn run(
                 return Outcome::refused(format!("{what} {refused}"));
             }
             // reqwest's error text can include the URL; only the kind is reported.
-            let detail = if e.is_timeout() {
-                format!("no answer within {} s", timeout.as_secs())
+            let (detail, class) = if e.is_timeout() {
+                (
+                    format!("no answer within {} s", timeout.as_secs()),
+                    ErrorClass::Timeout,
+                )
             } else if e.is_connect() {
-                "could not connect to the provider".to_owned()
+                (
+                    "could not connect to the provider".to_owned(),
+                    ErrorClass::Network,
+                )
             } else {
-                "the request to the provider failed".to_owned()
+                (
+                    "the request to the provider failed".to_owned(),
+                    ErrorClass::Network,
+                )
             };
             Outcome {
                 ok: false,
@@ -145,6 +194,7 @@ pub async fn run(
                 latency_ms,
                 detail,
                 rejected: false,
+                error_class: Some(class),
             }
         }
     }
@@ -158,6 +208,7 @@ impl Outcome {
             latency_ms: 0,
             detail,
             rejected: false,
+            error_class: Some(ErrorClass::Refused),
         }
     }
 }

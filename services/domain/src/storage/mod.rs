@@ -2,6 +2,7 @@
 //! several of them (a change and its audit event) in one transaction.
 
 pub mod audit;
+pub mod health;
 pub mod platform_keys;
 pub mod provider_keys;
 pub mod sessions;

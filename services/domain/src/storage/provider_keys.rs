@@ -45,6 +45,7 @@ pub async fn upsert(conn: &impl ConnectionTrait, row: Model) -> Result<()> {
         last_tested: Set(None),
         test_status: Set("unknown".into()),
         test_message: Set(None),
+        health_checks: Set(row.health_checks),
     };
     Entity::insert(model)
         .on_conflict(
@@ -58,6 +59,7 @@ pub async fn upsert(conn: &impl ConnectionTrait, row: Model) -> Result<()> {
                     Column::LastTested,
                     Column::TestStatus,
                     Column::TestMessage,
+                    Column::HealthChecks,
                 ])
                 .to_owned(),
         )
