@@ -235,6 +235,23 @@ async fn the_console_works_in_a_real_browser() {
     .await;
     let user = server.session("alice", Role::User).await;
     let admin = server.session("root", Role::Admin).await;
+    // Keys made elsewhere are listed beside the one the browser makes.
+    let mut alice = server.user_client(Some(&user)).await;
+    for (name, permissions, limit) in [
+        ("laptop", vec!["llm:inference", "llm:models"], None),
+        ("ci pipeline", vec!["llm:inference"], Some(600)),
+    ] {
+        alice
+            .create_key(pb::CreateKeyRequest {
+                name: name.into(),
+                permissions: permissions.into_iter().map(str::to_owned).collect(),
+                rate_limit_per_minute: limit,
+                expires_in_days: Some(30),
+                ..Default::default()
+            })
+            .await
+            .expect("create a key");
+    }
     let dir = crate::support::npm_installed("console");
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
@@ -287,13 +304,23 @@ async fn the_console_works_in_a_real_browser() {
             Some("done") => break step,
             _ => panic!("unexpected line from the browser script: {line}"),
         }
-        to_script.write_all(b"ok\n").await.expect("answer the script");
+        to_script
+            .write_all(b"ok\n")
+            .await
+            .expect("answer the script");
     };
     let status = script.wait().await.expect("wait");
     assert!(status.success(), "the browser script failed: {status}");
-    assert!(key.starts_with("uc_") && key.len() == 67, "the dialog showed no key");
+    assert!(
+        key.starts_with("uc_") && key.len() == 67,
+        "the dialog showed no key"
+    );
 
-    assert_eq!(done["violations"], json!([]), "axe-core found serious or critical violations");
+    assert_eq!(
+        done["violations"],
+        json!([]),
+        "axe-core found serious or critical violations"
+    );
     let bundle = done["bundle_gzip_bytes"].as_u64().expect("bundle size");
     assert!(
         bundle > 0 && bundle <= 150 * 1024,
@@ -303,9 +330,11 @@ async fn the_console_works_in_a_real_browser() {
         "sign-in",
         "keys",
         "key-usage",
+        "create-dialog",
         "providers",
-        "admins-only",
+        "admin-only",
         "platform-keys",
+        "versions",
         "audit",
     ] {
         for width in [1280, 390] {
@@ -315,7 +344,10 @@ async fn the_console_works_in_a_real_browser() {
     }
     // What the browser did reached the server: the stub answered the BYOK test, and the admin's
     // rollback and reveal are in the audit trail under the admin's name.
-    assert!(stub.requests() > 0, "the BYOK test never reached the provider");
+    assert!(
+        stub.requests() > 0,
+        "the BYOK test never reached the provider"
+    );
     let audit = server
         .platform_client(Some(&admin))
         .await
@@ -328,7 +360,11 @@ async fn the_console_works_in_a_real_browser() {
         .expect("audit")
         .into_inner()
         .events;
-    for action in ["platform_key.update", "platform_key.rollback", "platform_key.decrypt"] {
+    for action in [
+        "platform_key.update",
+        "platform_key.rollback",
+        "platform_key.decrypt",
+    ] {
         assert!(
             audit.iter().any(|e| e.action == action),
             "no {action} by the admin in the audit log"
