@@ -1,6 +1,6 @@
 //! `keyhouse sync litellm` against a real keyhouse server and a loopback LiteLLM proxy that
 //! implements exactly the admin endpoints the agent uses, with the request shapes and the
-//! `Authorization: Bearer <master key>` header of LiteLLM 1.110.2: update, rollback, removal,
+//! `Authorization: Bearer <master key>` header of LiteLLM 1.100.5: update, rollback, removal,
 //! a watch cut during an update, LiteLLM answering 500 before 200, and `--once`.
 
 use std::collections::HashMap;
@@ -221,8 +221,8 @@ async fn delete_credential(
     })
 }
 
-/// `PATCH /model/{id}/update` (PatchModelRequest): `litellm_params` are merged,
-/// `litellm_params_to_remove` names keys to drop.
+/// `PATCH /model/{id}/update` (updateDeployment): `litellm_params` are merged into the stored
+/// ones; that release has no way to drop one.
 async fn update_model(
     State(stub): State<LiteLlm>,
     Path(id): Path<String>,
@@ -238,10 +238,7 @@ async fn update_model(
             );
         };
         let object = body.as_object().cloned().unwrap_or_default();
-        if object
-            .keys()
-            .any(|k| k != "litellm_params" && k != "litellm_params_to_remove")
-        {
+        if object.keys().any(|k| k != "litellm_params") {
             return detail(StatusCode::UNPROCESSABLE_ENTITY, "unexpected field");
         }
         if let Some(update) = object.get("litellm_params") {
@@ -250,14 +247,6 @@ async fn update_model(
             };
             for (k, v) in update {
                 params[k] = v.clone();
-            }
-        }
-        if let Some(remove) = object.get("litellm_params_to_remove") {
-            let Some(remove) = remove.as_array() else {
-                return detail(StatusCode::UNPROCESSABLE_ENTITY, "litellm_params_to_remove");
-            };
-            for k in remove.iter().filter_map(Value::as_str) {
-                params.as_object_mut().expect("object").remove(k);
             }
         }
         (StatusCode::OK, Json(json!({ "model_id": id })))
@@ -399,7 +388,8 @@ async fn updates_rollbacks_and_removals_reach_litellm_and_are_audited(backend: B
         .await
         .expect("delete");
     eventually("the removal in LiteLLM", async || {
-        stub.credential_key("keyhouse-openrouter").is_none() && stub.model_key(MODEL).is_none()
+        stub.credential_key("keyhouse-openrouter").is_none()
+            && stub.model_key(MODEL).as_deref() == Some("os.environ/OPENROUTER_API_KEY")
     })
     .await;
     eventually("the removal reported", async || {

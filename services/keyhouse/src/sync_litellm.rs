@@ -5,14 +5,16 @@
 //! Every (re)subscription starts with the full current state, so after a disconnect the agent
 //! subscribes again (with backoff) and applies whatever differs from what it last applied: no
 //! change is missed, and one already applied is skipped. Each change goes to LiteLLM's admin API
-//! (pinned: LiteLLM 1.110.2) with the proxy's master key:
+//! (pinned: LiteLLM 1.100.5, the release the LiteLLM plugin is tested against) with the proxy's
+//! master key:
 //!
 //! - a value (source `database` or `environment`): the credential is updated with
 //!   `PATCH /credentials/{name}`, or created with `POST /credentials` when LiteLLM answers 404;
 //!   then each mapped model gets the key with `PATCH /model/{id}/update`;
 //! - no value (`not_set`): `DELETE /credentials/{name}` (a 404 means it is already gone), and
-//!   each mapped model drops its `api_key` with `PATCH /model/{id}/update`
-//!   (`litellm_params_to_remove`).
+//!   each mapped model's `api_key` becomes `os.environ/<the catalog's variable>` with
+//!   `PATCH /model/{id}/update`: LiteLLM's own environment applies, as keyhouse's environment
+//!   fallback does (a PATCH of that release merges `litellm_params` and cannot drop a key).
 //!
 //! A 5xx, a 429 or an unreachable proxy is retried with backoff; another answer is logged (its
 //! status, never its body) and the change stays unapplied until the next subscription. Every
@@ -35,7 +37,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The LiteLLM release whose admin API this agent speaks (README "LiteLLM sync").
-pub const LITELLM_VERSION: &str = "1.110.2";
+pub const LITELLM_VERSION: &str = "1.100.5";
 /// What `ReportPlatformKeySync` names as the target.
 pub const TARGET: &str = "litellm";
 
@@ -95,6 +97,15 @@ pub struct Route {
     pub provider: String,
     /// Model ids (`model_info.id`) whose `litellm_params.api_key` the agent sets.
     pub models: Vec<String>,
+}
+
+/// The environment variable a model falls back to in LiteLLM once keyhouse holds no value:
+/// the one keyhouse itself falls back to for that key.
+fn environment_variable(name: &str) -> String {
+    catalog::find(name).and_then(|p| p.env_var).map_or_else(
+        || format!("{}_API_KEY", name.to_ascii_uppercase()),
+        str::to_owned,
+    )
 }
 
 /// LiteLLM's provider name for a catalog key.
@@ -270,11 +281,12 @@ impl LiteLlm {
                 &[StatusCode::NOT_FOUND],
             )
             .await?;
+            let fallback = format!("os.environ/{}", environment_variable(&event.name));
             for model in &route.models {
                 self.call(
                     Method::PATCH,
                     &format!("/model/{model}/update"),
-                    Some(json!({ "litellm_params_to_remove": ["api_key"] })),
+                    Some(json!({ "litellm_params": { "api_key": fallback } })),
                     &[],
                 )
                 .await?;
