@@ -20,10 +20,11 @@ pub const ROOT: &str = "envoy/service/auth/v3/external_auth.proto";
 pub fn descriptor_set_path(root: &Path) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Only the host's packages: without the filter cargo fetches every platform's crates.
-    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .arg("-vV")
-        .output()
-        .context("running `rustc -vV`")?;
+    let rustc =
+        std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .arg("-vV")
+            .output()
+            .context("running `rustc -vV`")?;
     let host = String::from_utf8_lossy(&rustc.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))

@@ -32,8 +32,8 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&staging)?;
     generate(&root.join("proto"), &staging)?;
     let types_bin = envoy::descriptor_set_path(&root)?;
-    let types_bin = std::fs::read(&types_bin)
-        .with_context(|| format!("reading {}", types_bin.display()))?;
+    let types_bin =
+        std::fs::read(&types_bin).with_context(|| format!("reading {}", types_bin.display()))?;
     std::fs::write(
         staging.join("ext_authz_descriptor.bin"),
         envoy::ext_authz_descriptor_set(&types_bin)?,

@@ -250,9 +250,10 @@ impl ExtAuthz {
                 }
                 denied(&denial, headers)
             }
-            Err(Error::Unavailable(_)) => {
-                denied(&UNAVAILABLE_DENIAL, vec![header("retry-after", "1".to_owned())])
-            }
+            Err(Error::Unavailable(_)) => denied(
+                &UNAVAILABLE_DENIAL,
+                vec![header("retry-after", "1".to_owned())],
+            ),
             Err(e) => {
                 // The message names the field (too many scopes in `keyhouse_scopes`); no secret.
                 tracing::warn!(error = %e, "ext_authz check failed");
@@ -295,10 +296,7 @@ impl ExtAuthz {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
-    async fn check(
-        &self,
-        req: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         if !self.rule.anonymous {
             self.auth.caller_for(req.metadata(), self.rule).await?;
         }

@@ -110,9 +110,7 @@ impl UserKeyGrpc {
     /// Adds this service (gRPC and its REST paths) and Envoy's ext_authz to what a binary
     /// serves.
     pub fn register(self, services: &mut Services) {
-        services
-            .grpc
-            .add_service(self.ext_authz.clone().server());
+        services.grpc.add_service(self.ext_authz.clone().server());
         services.names.push(ext_authz::SERVICE_NAME);
         services
             .descriptors
