@@ -129,7 +129,6 @@ fn described(
                 .collect(),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 

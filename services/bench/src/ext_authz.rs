@@ -70,7 +70,6 @@ fn check_request(key: &str) -> CheckRequest {
             )]),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 
