@@ -114,3 +114,11 @@ pub mod v1 {
         }
     }
 }
+
+/// Envoy's external authorization service (`envoy.service.auth.v3.Authorization`), whose
+/// messages and service trait come from the `envoy-types` crate.
+pub mod envoy {
+    /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and every
+    /// file it imports, as the `envoy-types` crate ships them, for gRPC reflection.
+    pub const EXT_AUTHZ_DESCRIPTOR_SET: &[u8] = include_bytes!("ext_authz_descriptor.bin");
+}

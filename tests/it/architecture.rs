@@ -97,6 +97,36 @@ pub(crate) fn rpcs() -> Vec<(String, String)> {
     out
 }
 
+/// The RPCs served beside the contract, from other projects' protos: Envoy's ext_authz `Check`.
+/// They have an authorization row like every RPC, but no REST route, Ingress path or row in the
+/// authorization matrix: Envoy calls them inside the cluster, always gets an answer (the verdict
+/// is in the body), and `ext_authz.rs` tests every outcome.
+pub(crate) fn foreign_rpcs() -> Vec<(String, String)> {
+    use prost::Message;
+    let set =
+        prost_types::FileDescriptorSet::decode(keyhouse_proto::envoy::EXT_AUTHZ_DESCRIPTOR_SET)
+            .expect("the ext_authz descriptor set decodes");
+    let mut out = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                out.push((
+                    format!("{}.{}", file.package(), service.name()),
+                    method.name().to_owned(),
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        out,
+        [(
+            keyhouse_user_keys::ext_authz::SERVICE_NAME.to_owned(),
+            "Check".to_owned()
+        )]
+    );
+    out
+}
+
 /// (RPC method, HTTP method, path), as each service crate's `ROUTES` holds them.
 pub(crate) type Route = (&'static str, &'static str, &'static str);
 
@@ -122,7 +152,11 @@ pub(crate) fn rest_of(service: &str) -> (Vec<Route>, &'static [(&'static str, &'
 #[test]
 fn every_rpc_has_a_row_in_the_authorization_table_and_every_row_an_rpc() {
     use keyhouse_domain::authorization::TABLE;
-    let rpcs: Vec<String> = rpcs().iter().map(|(s, m)| format!("{s}/{m}")).collect();
+    let rpcs: Vec<String> = rpcs()
+        .iter()
+        .chain(&foreign_rpcs())
+        .map(|(s, m)| format!("{s}/{m}"))
+        .collect();
     for rpc in &rpcs {
         assert_eq!(
             TABLE.iter().filter(|r| r.rpc == rpc).count(),

@@ -13,6 +13,7 @@ mod console;
 mod crash;
 mod docs_and_web;
 mod embedded;
+mod ext_authz;
 mod fail_closed;
 mod health;
 mod helm;

@@ -14,13 +14,13 @@ use crate::on_both_databases;
 use crate::support::{Backend, TestDb, TestServer};
 
 on_both_databases!(
-    reflection_lists_both_services_and_health,
+    reflection_lists_both_services_ext_authz_and_health,
     health_answers_serving_for_every_service,
     split_binaries_refuse_a_missing_key_or_a_schema_that_is_behind,
     every_binary_refuses_a_schema_newer_than_it_knows,
 );
 
-async fn reflection_lists_both_services_and_health(backend: Backend) {
+async fn reflection_lists_both_services_ext_authz_and_health(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = ServerReflectionClient::new(server.channel().await);
     let request = ServerReflectionRequest {
@@ -45,6 +45,7 @@ async fn reflection_lists_both_services_and_health(backend: Backend) {
     assert_eq!(
         names,
         [
+            "envoy.service.auth.v3.Authorization",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
@@ -93,6 +94,7 @@ async fn health_answers_serving_for_every_service(backend: Backend) {
         "",
         "keyhouse.v1.UserKeyService",
         "keyhouse.v1.PlatformKeyService",
+        "envoy.service.auth.v3.Authorization",
     ] {
         let answer = health
             .check(HealthCheckRequest {

@@ -121,7 +121,7 @@ async fn postgres_revocation_and_regeneration_are_seen_at_once_by_another_replic
 }
 
 /// A PostgreSQL server of the test's own, which it can stop and start.
-struct ThrowawayPostgres {
+pub(crate) struct ThrowawayPostgres {
     dir: TempDir,
     port: u16,
 }
@@ -152,7 +152,7 @@ impl ThrowawayPostgres {
         assert!(status.success(), "{args:?} failed");
     }
 
-    fn start_new() -> Self {
+    pub(crate) fn start_new() -> Self {
         let dir = TempDir::new();
         let data = dir.0.join("data");
         Command::new("chown")
@@ -206,7 +206,7 @@ impl ThrowawayPostgres {
         ]);
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let pg_ctl = Self::bin("pg_ctl");
         Self::run(&[
             pg_ctl.to_str().expect("path"),
@@ -219,7 +219,7 @@ impl ThrowawayPostgres {
         ]);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }

@@ -208,6 +208,14 @@ true
 - name: KEYHOUSE_SCOPES
   value: {{ join "," . | quote }}
 {{- end }}
+{{- with $v.config.extAuthz.keyHeader }}
+- name: KEYHOUSE_EXT_AUTHZ_KEY_HEADER
+  value: {{ . | quote }}
+{{- end }}
+{{- if $v.config.extAuthz.forwardKey }}
+- name: KEYHOUSE_EXT_AUTHZ_FORWARD_KEY
+  value: "true"
+{{- end }}
 {{- with $v.config.outboundAllowedNetworks }}
 - name: KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS
   value: {{ join "," . | quote }}

@@ -146,16 +146,16 @@ pub struct Rate {
     pub failures: u64,
 }
 
-/// Closed-loop rates of two calls (each on its own channels), taken in turns of 2 s for
-/// `seconds` each, so that the drift of a shared machine falls on both alike.
-pub async fn alternating(
-    sides: [(&[Channel], Call); 2],
+/// Closed-loop rates of two calls or more (each on its own channels), taken in turns of 2 s for
+/// `seconds` each, so that the drift of a shared machine falls on all alike.
+pub async fn alternating<const N: usize>(
+    sides: [(&[Channel], Call); N],
     concurrency: usize,
     seconds: u64,
-) -> [Rate; 2] {
+) -> [Rate; N] {
     let turn = seconds.clamp(1, 2);
     let turns = (seconds / turn).max(1);
-    let mut rates = [0, 1].map(|_| Rate {
+    let mut rates = [(); N].map(|_| Rate {
         per_second: 0.0,
         failures: 0,
     });

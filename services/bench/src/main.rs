@@ -1,12 +1,14 @@
 //! keyhouse-bench: the verification path's numbers (1-8), the REST paths (9), listing at
 //! scale (10), a flood of forged keys (11), a soak (12), a database outage (13), the Redis
-//! fallback (14), overload (15), a deadline-less flood (16) and a new replica's share (17),
+//! fallback (14), overload (15), a deadline-less flood (16), a new replica's share (17) and
+//! Envoy's ext_authz Check against VerifyKey and the empty RPC (18),
 //! measured in one run so that ratios hold on a noisy machine.
 //! `cargo run --release -p keyhouse-bench` prints a Markdown report; the results and the command
 //! are kept in BENCHMARKS.md.
 
 mod alloc;
 mod breakdown;
+mod ext_authz;
 mod fallback;
 mod fill;
 mod flood;
@@ -61,7 +63,7 @@ pub struct Args {
     /// How long the overload (15) offers three times the saturated rate, in seconds.
     #[arg(long, default_value_t = 60)]
     pub overload_seconds: u64,
-    /// Only these benchmarks (1-17); all when empty.
+    /// Only these benchmarks (1-18); all when empty.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u32>,
 }
@@ -126,6 +128,9 @@ fn main() -> anyhow::Result<()> {
             }
             if args.wanted(17) {
                 spread::run(&args, server_rt.handle()).await?;
+            }
+            if args.wanted(18) {
+                ext_authz::run(&args, server_rt.handle()).await?;
             }
             Ok(())
         };

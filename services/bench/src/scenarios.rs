@@ -52,7 +52,7 @@ fn verify_each(keys: Vec<String>) -> Call {
     })
 }
 
-fn empty_call() -> Call {
+pub fn empty_call() -> Call {
     Arc::new(|channel: Channel| {
         Box::pin(async move {
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);

@@ -59,6 +59,16 @@ const VARIANT_HELPER: &str = r#"
     }
 "#;
 
+const ENVOY: &str = r#"
+/// Envoy's external authorization service (`envoy.service.auth.v3.Authorization`), whose
+/// messages and service trait come from the `envoy-types` crate.
+pub mod envoy {
+    /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and every
+    /// file it imports, as the `envoy-types` crate ships them, for gRPC reflection.
+    pub const EXT_AUTHZ_DESCRIPTOR_SET: &[u8] = include_bytes!("ext_authz_descriptor.bin");
+}
+"#;
+
 /// The messages whose `Debug` this file writes (prost must not derive theirs, nor their
 /// oneofs').
 pub fn masked_messages(secrets: &[FieldDescriptor]) -> Vec<MessageDescriptor> {
@@ -106,6 +116,7 @@ pub fn render(secrets: &[FieldDescriptor]) -> Result<String> {
         }
     }
     out.push_str("}\n");
+    out.push_str(ENVOY);
     Ok(out)
 }
 

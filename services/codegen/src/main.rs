@@ -1,13 +1,15 @@
 //! Regenerates everything in `gen/`: from `proto/`, the Rust messages and tonic stubs, the crate
 //! root `gen/src/lib.rs` (with a masked `Debug` for every message with a field marked
 //! `[(keyhouse.v1.secret) = true]`) and the encoded descriptor set that reflection serves (pure
-//! Rust, protox: no system `protoc`); then, from the REST handlers, `gen/openapi.json` (by running
+//! Rust, protox: no system `protoc`), and the descriptors of Envoy's ext_authz service taken from
+//! the `envoy-types` crate (`envoy.rs`); then, from the REST handlers, `gen/openapi.json` (by running
 //! `keyhouse openapi`, which is built on the freshly generated code).
 //!
 //! Usage: `cargo run -p keyhouse-codegen` (writes) or `cargo run -p keyhouse-codegen -- --check`
 //! (fails when the checked-in files differ from what the protos produce).
 
 mod crate_root;
+mod envoy;
 mod secrets;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,13 @@ fn main() -> Result<()> {
     let staging = std::env::temp_dir().join(format!("keyhouse-codegen-{}", std::process::id()));
     std::fs::create_dir_all(&staging)?;
     generate(&root.join("proto"), &staging)?;
+    let types_bin = envoy::descriptor_set_path(&root)?;
+    let types_bin =
+        std::fs::read(&types_bin).with_context(|| format!("reading {}", types_bin.display()))?;
+    std::fs::write(
+        staging.join("ext_authz_descriptor.bin"),
+        envoy::ext_authz_descriptor_set(&types_bin)?,
+    )?;
 
     let mut stale = Vec::new();
     for entry in std::fs::read_dir(&staging)? {

@@ -130,6 +130,16 @@ pub static TABLE: &[Rule] = &[
     },
     admin("keyhouse.v1.PlatformKeyService/ListAuditEvents"),
     admin("keyhouse.v1.PlatformKeyService/ListPlatformKeyHealth"),
+    // Envoy's external authorization: like VerifyKey, the key in the request Envoy describes is
+    // the credential, so Envoy calls it with none of its own.
+    Rule {
+        rpc: "envoy.service.auth.v3.Authorization/Check",
+        anonymous: true,
+        user: Reach::All,
+        admin: Reach::All,
+        api_key_scope: None,
+        service_token: true,
+    },
 ];
 
 /// The row of `service`'s `method`. Every RPC has one (a test checks it), so a miss is a bug.

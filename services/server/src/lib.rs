@@ -24,4 +24,4 @@ pub mod settings;
 pub mod telemetry;
 
 pub use router::Services;
-pub use settings::ServerSettings;
+pub use settings::{ExtAuthzSettings, ServerSettings};

@@ -46,11 +46,12 @@ pub fn grpc_status(grpc: bool, response: &Response) -> Option<u16> {
 }
 
 /// Whether `path` (`/package.Service/Method`) names a gRPC method this build defines: keyhouse's
-/// own, health and reflection. Telemetry names calls only by these, never by a caller's free text.
+/// own, Envoy's ext_authz, health and reflection. Telemetry names calls only by these, never by a caller's free text.
 pub fn is_grpc_method(path: &str) -> bool {
     static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
         let sets = [
             keyhouse_proto::v1::FILE_DESCRIPTOR_SET,
+            keyhouse_proto::envoy::EXT_AUTHZ_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,

@@ -17,12 +17,15 @@ use sea_orm::DatabaseConnection;
 use crate::{docs, probes};
 
 /// What one binary serves: its gRPC services (with their full names, for health and
-/// reflection), its REST routes and their OpenAPI description. Each service crate adds itself.
+/// reflection, and the descriptor sets of those not in keyhouse's own contract), its REST routes
+/// and their OpenAPI description. Each service crate adds itself.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub struct Services {
     pub grpc: RoutesBuilder,
     pub names: Vec<&'static str>,
+    /// Encoded `FileDescriptorSet`s reflection serves besides keyhouse's own (Envoy's ext_authz).
+    pub descriptors: Vec<&'static [u8]>,
     pub rest: Router,
     pub openapi: utoipa::openapi::OpenApi,
     /// Checked by `/readyz`.
@@ -38,6 +41,7 @@ impl Services {
         Self {
             grpc: RoutesBuilder::default(),
             names: Vec::new(),
+            descriptors: Vec::new(),
             rest: Router::new(),
             openapi: docs::base_document(),
             db,
@@ -77,6 +81,9 @@ pub async fn serve(
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for set in &services.descriptors {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
         for name in &services.names {
             builder = builder.with_service_name(*name);
         }

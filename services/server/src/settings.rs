@@ -94,7 +94,25 @@ pub struct ServerSettings {
     pub log_format: crate::telemetry::LogFormat,
 
     #[command(flatten)]
+    pub ext_authz: ExtAuthzSettings,
+
+    #[command(flatten)]
     pub domain: Settings,
+}
+
+/// How Envoy's external authorization check (`envoy.service.auth.v3.Authorization/Check`) reads
+/// the key from the request Envoy describes, and what it lets through upstream.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ExtAuthzSettings {
+    /// One more request header that may carry the key, tried before `Authorization: Bearer`
+    /// and `x-api-key` (a name like `x-llm-key`; case does not matter).
+    #[arg(long, env = "KEYHOUSE_EXT_AUTHZ_KEY_HEADER")]
+    pub key_header: Option<String>,
+
+    /// Keep the header that carried the key on the request Envoy sends upstream; by default
+    /// Envoy is told to remove it, so the `uc_` key never reaches the provider.
+    #[arg(long, env = "KEYHOUSE_EXT_AUTHZ_FORWARD_KEY", default_value_t = false)]
+    pub forward_key: bool,
 }
 
 impl ServerSettings {
@@ -114,6 +132,7 @@ impl ServerSettings {
             max_connection_age_secs: 0,
             max_connection_age_grace_secs: 30,
             log_format: crate::telemetry::LogFormat::Pretty,
+            ext_authz: ExtAuthzSettings::default(),
             domain: Settings::new(database_url),
         }
     }

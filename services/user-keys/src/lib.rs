@@ -1,6 +1,7 @@
 //! UserKeyService: a thin gRPC layer over `keyhouse_domain::user_keys`,
 //! `keyhouse_domain::verify` and `keyhouse_domain::byok`. Each method resolves the caller and
-//! hands the request to the domain.
+//! hands the request to the domain. Envoy's ext_authz `Check` (`ext_authz.rs`) is served beside
+//! it, from the same `Verifier`.
 
 use keyhouse_domain::authorization;
 use keyhouse_domain::byok::Byok;
@@ -17,6 +18,7 @@ use keyhouse_server::bootstrap::{BoxFuture, Context, Mount};
 use keyhouse_server::grpc::{Authenticator, reply};
 use tonic::{Request, Response, Status};
 
+pub mod ext_authz;
 pub mod rest;
 pub mod rest_byok;
 
@@ -42,6 +44,7 @@ pub struct UserKeyGrpc {
     byok: Byok,
     /// Looked up once: VerifyKey is the gateway's hot path.
     verify_rule: &'static authorization::Rule,
+    ext_authz: ext_authz::ExtAuthz,
 }
 
 /// UserKeyService, for `bootstrap::run`'s list of services.
@@ -80,7 +83,16 @@ impl UserKeyGrpc {
             KeyTagger::from_ring(&ctx.ring),
         )
         .await?;
+        let auth = Authenticator::new(ctx.identity.clone(), ctx.sessions.clone())
+            .with_api_keys(verifier.clone())
+            .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?)
+            .with_oidc(ctx.oidc.clone());
         Ok(Self {
+            ext_authz: ext_authz::ExtAuthz::new(
+                verifier.clone(),
+                auth.clone(),
+                &ctx.settings.ext_authz,
+            )?,
             byok: Byok::new(
                 db.clone(),
                 ctx.ring.clone(),
@@ -88,10 +100,7 @@ impl UserKeyGrpc {
                 settings.outbound()?,
                 std::time::Duration::from_secs(settings.byok_test_timeout_secs.max(1)),
             ),
-            auth: Authenticator::new(ctx.identity.clone(), ctx.sessions.clone())
-                .with_api_keys(verifier.clone())
-                .with_service_tokens(ServiceTokens::parse(&ctx.settings.service_tokens)?)
-                .with_oidc(ctx.oidc.clone()),
+            auth,
             verify_rule: authorization::rule(SERVICE_NAME, "VerifyKey")?,
             keys: UserKeys::new(
                 db.clone(),
@@ -103,8 +112,14 @@ impl UserKeyGrpc {
         })
     }
 
-    /// Adds this service (gRPC and its REST paths) to what a binary serves.
+    /// Adds this service (gRPC and its REST paths) and Envoy's ext_authz to what a binary
+    /// serves.
     pub fn register(self, services: &mut Services) {
+        services.grpc.add_service(self.ext_authz.clone().server());
+        services.names.push(ext_authz::SERVICE_NAME);
+        services
+            .descriptors
+            .push(keyhouse_proto::envoy::EXT_AUTHZ_DESCRIPTOR_SET);
         let rest = rest::router(self.clone()).merge(rest_byok::router(self.clone()));
         services.rest = std::mem::take(&mut services.rest).merge(rest);
         services.openapi.merge(openapi());
