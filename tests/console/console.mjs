@@ -5,8 +5,9 @@
 // Env: USER_TOKEN, ADMIN_TOKEN (session tokens), BYOK_PROVIDER (a provider id), BYOK_GOOD_KEY (a
 // key the provider accepts), CHROMIUM (default /usr/bin/chromium).
 //
-// Prints JSON lines on stdout: {"step":"created",...} and {"step":"revoked",...}, each answered by
-// one line on stdin ("ok" to go on), then {"step":"done",...}. On a failure it saves failure.png,
+// Prints JSON lines on stdout: {"step":"created",...}, {"step":"revoked",...} and
+// {"step":"updated","name":"openrouter","version":N} (the harness then reports version N synced
+// to LiteLLM), each answered by one line on stdin ("ok" to go on), then {"step":"done",...}. On a failure it saves failure.png,
 // prints the reason on stderr and exits 1.
 import { chromium } from "playwright-core";
 import axe from "axe-core";
@@ -306,6 +307,7 @@ async function main() {
   const v2 = `sk-or-v1-${hex(11)}`;
   // The version the first update stores (1 on a fresh database) is the one rolled back to.
   let first = null;
+  let last = null;
   for (const value of [v1, v2]) {
     await or.getByRole("button", { name: /^Update/ }).click();
     const upd = page.getByRole("dialog", { name: /^Update/ });
@@ -316,6 +318,7 @@ async function main() {
     await noAlert("Platform key update");
     const version = (await or.locator("[data-version]").textContent()).trim();
     first ??= version.replace(/^v/, "");
+    last = version.replace(/^v/, "");
   }
   await or.getByRole("button", { name: /^Versions/ }).click();
   const versions = page.getByRole("dialog", { name: /^Versions of/ });
@@ -331,6 +334,45 @@ async function main() {
   await current.locator("code", { hasText: v1.slice(-4) }).waitFor();
   await again.getByRole("button", { name: "Close", exact: true }).first().click();
   await again.waitFor({ state: "detached" });
+
+  // 8. The LiteLLM sync agent's last applied change: the harness reports the current version as
+  // synced, and the card says so after a reload.
+  const stored = or.locator(`[data-version]:not([data-version="${last}"])`);
+  await stored.waitFor();
+  const syncedVersion = Number(await stored.getAttribute("data-version"));
+  check(syncedVersion > Number(last), `after the rollback the card shows version ${syncedVersion}`);
+  await or.getByText("Not synced").waitFor();
+  await report({ step: "updated", name: "openrouter", version: syncedVersion });
+  await page.reload();
+  await heading("Platform keys");
+  await or.locator("[data-synced]", { hasText: `Synced to LiteLLM: version ${syncedVersion},` }).waitFor();
+  await noAlert("Platform keys after the sync");
+
+  // 9. Test refreshes the server's health (the provider stub refuses the rolled-back value), and
+  // the key's health history holds the manual test.
+  await or.locator('[data-health="unknown"]').waitFor();
+  await or.getByRole("button", { name: /^Test/ }).click();
+  const unhealthy = or.locator('[data-health="unhealthy"]');
+  await unhealthy.waitFor();
+  const healthText = await unhealthy.innerText();
+  check(/Unhealthy/.test(healthText) && /tested .*\d+ ms/.test(healthText), `the card's health reads ${healthText}`);
+  check(/rejected the key \(auth\)/.test(healthText), `the card's health names no error class: ${healthText}`);
+  await or.getByRole("link", { name: /^Health history/ }).click();
+  await heading("Health history of OpenRouter");
+  check(new URL(page.url()).pathname === "/admin/platform-keys/openrouter/health", `the history is at ${page.url()}`);
+  const checks = page.locator("table.health tbody tr");
+  await checks.first().waitFor();
+  check((await checks.count()) === 1, `the history holds ${await checks.count()} rows, not the one manual test`);
+  const row1 = checks.first();
+  check((await row1.getAttribute("data-trigger")) === "manual", "the test is not recorded as manual");
+  check((await row1.getAttribute("data-status")) === "unhealthy", "the test is not recorded as unhealthy");
+  const rowText = await row1.innerText();
+  check(/401/.test(rowText) && /\d+ ms/.test(rowText) && /auth/.test(rowText), `the history row reads ${rowText}`);
+  await noAlert("Health history");
+  await visited("platform-health");
+  await nav.getByRole("link", { name: "Platform keys" }).click();
+  await heading("Platform keys");
+  await or.waitFor();
 
   await page.clock.install();
   await or.getByRole("button", { name: /^Reveal/ }).click();

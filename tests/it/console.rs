@@ -8,6 +8,7 @@ use pb::verify_key_response::Reason;
 use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
 use serde_json::{Value, json};
+use sha2::Digest;
 
 use crate::on_both_databases;
 use crate::support::{Backend, TestServer};
@@ -218,18 +219,24 @@ async fn a_browser_signs_in_with_a_session_token_held_only_in_cookies(backend: B
 /// The console's whole round in headless Chromium (`tests/console/console.mjs`): sign in, make a
 /// key by keyboard and use it, revoke it, test a BYOK key against the local provider stub, the
 /// admin pages refused to a user, then as an admin update, roll back and reveal a platform key and
-/// find it in the audit log; axe-core on every page, screenshots at two widths, and the bundle
-/// size. The script stops after making and after revoking the key, so that the real gRPC client
-/// can check what the gateway would hear at each point.
+/// find it in the audit log; the key's health after a Test and its health history, and the LiteLLM
+/// sync agent's last applied change; axe-core on every page, screenshots at two widths, and the
+/// bundle size. The script stops after making and after revoking the key, so that the real gRPC
+/// client can check what the gateway would hear at each point, and after updating openrouter, so
+/// that the harness can report a sync of it as the agent would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_a_real_browser() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     const GOOD: &str = "sk-proj-good-0123456789";
+    const SYNC_TOKEN: &str = "svc_console_sync_0123456789abcdef";
     let stub = crate::stub::Provider::start(GOOD).await;
     let url = stub.url.clone();
+    let digest = hex::encode(sha2::Sha256::digest(SYNC_TOKEN.as_bytes()));
     let server = TestServer::start_with(Backend::Sqlite, move |s| {
-        s.domain.provider_base_urls = vec![format!("openai={url}")];
+        // openrouter's live test meets the stub too, which refuses the values the script stores.
+        s.domain.provider_base_urls = vec![format!("openai={url}"), format!("openrouter={url}")];
+        s.service_tokens = vec![format!("litellm-sync={digest}")];
         s.domain.outbound_allowed_networks = vec![crate::stub::NETWORK.into()];
     })
     .await;
@@ -301,6 +308,22 @@ async fn the_console_works_in_a_real_browser() {
             Some("revoked") => {
                 assert_eq!(verdict(key.clone()).await, Reason::Revoked);
             }
+            Some("updated") => {
+                // What the sync agent reports once LiteLLM holds this version.
+                assert_eq!(step["name"], "openrouter", "{line}");
+                let version = step["version"].as_i64().expect("version");
+                server
+                    .platform_client(Some(SYNC_TOKEN))
+                    .await
+                    .report_platform_key_sync(pb::ReportPlatformKeySyncRequest {
+                        name: "openrouter".into(),
+                        version,
+                        target: "litellm".into(),
+                        source: "database".into(),
+                    })
+                    .await
+                    .expect("ReportPlatformKeySync with the service token");
+            }
             Some("done") => break step,
             _ => panic!("unexpected line from the browser script: {line}"),
         }
@@ -340,6 +363,7 @@ async fn the_console_works_in_a_real_browser() {
         "admin-only",
         "platform-keys",
         "versions",
+        "platform-health",
         "audit",
     ] {
         for width in [1280, 390] {

@@ -8,6 +8,7 @@ import { KeyUsage } from "./pages/usage";
 import { Providers } from "./pages/providers";
 import { PlatformKeys } from "./pages/platform";
 import { Audit } from "./pages/audit";
+import { PlatformKeyHealth } from "./pages/health";
 
 export function App() {
   const [session, setSession] = useState<Session | null>(null);
@@ -81,6 +82,8 @@ function Route({ path, user }: { path: string; user: SessionUser }) {
     if (!admin) return <AdminOnly />;
     if (path === "/admin/platform-keys") return <PlatformKeys />;
     if (path === "/admin/audit") return <Audit />;
+    const h = /^\/admin\/platform-keys\/([^/]+)\/health$/.exec(path);
+    if (h) return <PlatformKeyHealth name={decodeURIComponent(h[1])} />;
   }
   return (
     <>
@@ -126,7 +129,7 @@ function Header({ user, path, onSignedOut }: { user: SessionUser; path: string; 
             <li key={href}>
               <Link
                 href={href}
-                aria-current={path === href || (href === "/keys" && path.startsWith("/keys/")) ? "page" : undefined}
+                aria-current={path === href || path.startsWith(href + "/") ? "page" : undefined}
               >
                 {label}
               </Link>

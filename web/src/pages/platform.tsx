@@ -1,12 +1,13 @@
 import { useEffect, useId, useState } from "preact/hooks";
 import { platformKeys, errorText } from "../api";
 import type {
+  AuditEvent,
   PlatformKey,
   PlatformKeyVersion,
   TestPlatformKeyResponse,
 } from "../gen/keyhouse/v1/platform_keys_pb";
-import { when } from "../format";
-import { Confirm, Empty, ErrorBox, Loading, Modal, Notice, SecretBox } from "../ui/common";
+import { when, iso } from "../format";
+import { Confirm, Empty, ErrorBox, Link, Loading, Modal, Notice, SecretBox } from "../ui/common";
 
 type Health = { busy: true } | { busy: false; result?: TestPlatformKeyResponse; error?: string };
 const REVEAL_MS = 30_000;
@@ -20,11 +21,21 @@ export function PlatformKeys() {
   const [versions, setVersions] = useState<PlatformKey | null>(null);
   const [deleting, setDeleting] = useState<PlatformKey | null>(null);
   const [revealing, setRevealing] = useState<PlatformKey | null>(null);
+  const [synced, setSynced] = useState<Synced | null>(null);
+  const [syncError, setSyncError] = useState<string | null>(null);
 
   const load = async () => {
     setError(null);
     try {
-      setKeys((await platformKeys.listPlatformKeys({})).keys);
+      const list = (await platformKeys.listPlatformKeys({})).keys;
+      setKeys(list);
+      lastSyncs(list.map((k) => k.name)).then(
+        (s) => {
+          setSynced(s);
+          setSyncError(null);
+        },
+        (e) => setSyncError(errorText(e)),
+      );
     } catch (e) {
       setError(errorText(e));
       setKeys((k) => k ?? []);
@@ -39,6 +50,8 @@ export function PlatformKeys() {
     try {
       const result = await platformKeys.testPlatformKey({ name: k.name });
       setHealth((h) => ({ ...h, [k.name]: { busy: false, result } }));
+      // The test is stored as the key's health: show the server's view of it.
+      await load();
     } catch (e) {
       setHealth((h) => ({ ...h, [k.name]: { busy: false, error: errorText(e) } }));
     }
@@ -53,6 +66,7 @@ export function PlatformKeys() {
       </p>
       {notice && <Notice>{notice}</Notice>}
       <ErrorBox error={error} />
+      <ErrorBox error={syncError} title="The LiteLLM sync status could not be read:" />
       {keys === null ? (
         <Loading what="platform keys" />
       ) : keys.length === 0 ? (
@@ -80,11 +94,14 @@ export function PlatformKeys() {
                   <code>{k.envVar}</code>
                 </dd>
                 <dt>Health</dt>
-                <dd>
-                  <span role="status">
+                <dd data-health={k.healthStatus || "unknown"}>
+                  <HealthSummary k={k} />
+                  <div role="status">
                     <HealthText h={health[k.name]} />
-                  </span>
+                  </div>
                 </dd>
+                <dt>LiteLLM</dt>
+                <dd data-synced>{synced === null ? (syncError ? "—" : "Loading…") : <SyncText e={synced[k.name]} />}</dd>
               </dl>
               <div class="row-actions">
                 <button type="button" class="small primary" onClick={() => setUpdating(k)} aria-label={`Update ${k.displayName}`}>
@@ -102,6 +119,9 @@ export function PlatformKeys() {
                 >
                   Test
                 </button>
+                <Link class="button small" href={`/admin/platform-keys/${encodeURIComponent(k.name)}/health`} aria-label={`Health history of ${k.displayName}`}>
+                  Health history
+                </Link>
                 <button type="button" class="small" disabled={!k.hasKey} onClick={() => setRevealing(k)} aria-label={`Reveal ${k.displayName}`}>
                   Reveal
                 </button>
@@ -164,14 +184,86 @@ function sourceLabel(s: string): string {
   return { database: "Stored in database", environment: "From environment", not_set: "Not set" }[s] ?? s;
 }
 
+const ERROR_CLASSES: Record<string, string> = {
+  auth: "rejected the key (auth)",
+  network: "network error",
+  refused: "connection refused",
+  timeout: "timed out",
+  server: "provider server error",
+  http: "unexpected HTTP answer",
+};
+
+export function errorClassLabel(c: string): string {
+  return ERROR_CLASSES[c] ?? c;
+}
+
+/** The server's view of a key's health: from the last live test, scheduled or manual. */
+export function HealthSummary({ k }: { k: PlatformKey }) {
+  const status = k.healthStatus || "unknown";
+  const word = { healthy: "Healthy", unhealthy: "Unhealthy" }[status] ?? "Unknown";
+  return (
+    <span class="health-summary">
+      <span class={`badge badge-${status}`}>{word}</span>{" "}
+      {k.lastTested ? (
+        <span>
+          tested {when(k.lastTested)}, {k.lastLatencyMs.toString()} ms
+          {k.healthError && <>, {errorClassLabel(k.healthError)}</>}
+        </span>
+      ) : (
+        <span class="muted">{k.hasKey ? "not tested yet" : "no value to test"}</span>
+      )}
+    </span>
+  );
+}
+
+/** The newest `platform_key.synced` event of each key, by name; a key without one is absent. */
+type Synced = Record<string, AuditEvent>;
+
+/**
+ * One call for all keys; only when that page does not reach back far enough, one call for each
+ * key it did not cover.
+ */
+async function lastSyncs(names: string[]): Promise<Synced> {
+  const action = "platform_key.synced";
+  const out: Synced = {};
+  const res = await platformKeys.listAuditEvents({ action, pageSize: 100 });
+  for (const e of res.events) out[e.target] ??= e;
+  if (res.nextPageToken) {
+    const missing = names.filter((n) => !out[n]);
+    const found = await Promise.all(
+      missing.map((target) => platformKeys.listAuditEvents({ action, target, pageSize: 1 }).then((r) => r.events[0])),
+    );
+    for (const e of found) if (e) out[e.target] = e;
+  }
+  return out;
+}
+
+function SyncText({ e }: { e: AuditEvent | undefined }) {
+  if (!e) return <span class="muted">Not synced</span>;
+  let d: { version?: number; target?: string; source?: string } = {};
+  try {
+    d = JSON.parse(e.detailsJson);
+  } catch {
+    // shown without details
+  }
+  const target = !d.target || d.target === "litellm" ? "LiteLLM" : d.target;
+  const what =
+    d.source === "not_set" ? "removed" : d.source === "environment" ? "environment value" : `version ${d.version ?? "?"}`;
+  return (
+    <span>
+      Synced to {target}: {what}, <time dateTime={iso(e.occurredAt)}>{when(e.occurredAt)}</time>
+    </span>
+  );
+}
+
 function HealthText({ h }: { h: Health | undefined }) {
-  if (!h) return <span class="muted">Not tested</span>;
+  if (!h) return null;
   if (h.busy) return <span>Testing…</span>;
   if (h.error) return <span class="error-text">Test failed: {h.error}</span>;
   const r = h.result!;
   return (
     <span class={r.ok ? "ok-text" : "error-text"}>
-      <strong>{r.ok ? "OK" : "Failed"}</strong>
+      Test just now: <strong>{r.ok ? "OK" : "Failed"}</strong>
       {r.statusCode ? `, HTTP ${r.statusCode}` : ""}
       {r.latencyMs ? `, ${r.latencyMs.toString()} ms` : ""}
       {r.detail ? ` — ${r.detail}` : ""}
