@@ -253,6 +253,30 @@ async fn a_valid_key_is_let_through_with_its_identity_added_upstream(backend: Ba
         panic!("{answer:?}");
     };
     assert!(removed.contains(&"x-api-key".to_owned()), "{removed:?}");
+    assert!(
+        !removed.contains(&"authorization".to_owned()),
+        "another credential is left for the upstream: {removed:?}"
+    );
+    // The key sent twice is stripped from both headers, not only from the one it was read from.
+    let bearer = format!("Bearer {}", key.api_key);
+    let answer = check(
+        &mut envoy,
+        described(
+            &[("authorization", &bearer), ("x-api-key", &key.api_key)],
+            None,
+            &[],
+        ),
+    )
+    .await;
+    let Outcome::Allowed { removed, .. } = answer else {
+        panic!("{answer:?}");
+    };
+    for name in ["authorization", "x-api-key"] {
+        assert!(
+            removed.contains(&name.to_owned()),
+            "{name} kept: {removed:?}"
+        );
+    }
 
     // Each use let through is counted, as a VerifyKey's is.
     let mut usage = pb::GetKeyUsageResponse::default();

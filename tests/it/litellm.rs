@@ -28,46 +28,12 @@ fn plugin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../integrations/litellm")
 }
 
-/// The virtualenv's `bin`, installed once per version of the requirements file, in the build's
-/// scratch directory (never in the source tree or the machine's Python).
+/// The virtualenv's `bin`, with the pinned LiteLLM proxy installed once per version of the
+/// requirements file.
 fn venv_bin() -> &'static Path {
-    use sha2::Digest as _;
     static READY: OnceLock<PathBuf> = OnceLock::new();
     READY.get_or_init(|| {
-        let requirements = plugin_dir().join("requirements-test.txt");
-        let lock =
-            std::fs::read(&requirements).expect("integrations/litellm/requirements-test.txt");
-        let key = hex::encode(&sha2::Sha256::digest(&lock)[..8]);
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("litellm-{key}"));
-        if !venv.join(".installed").exists() {
-            let started = Instant::now();
-            let _ = std::fs::remove_dir_all(&venv);
-            let made = std::process::Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .expect("python3 (3.10+, with venv and pip) is needed for the LiteLLM test");
-            assert!(made.success(), "python3 -m venv failed");
-            let installed = std::process::Command::new(venv.join("bin/pip"))
-                .args([
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--requirement",
-                ])
-                .arg(&requirements)
-                .status()
-                .expect("pip in the virtualenv");
-            assert!(installed.success(), "pip install of litellm[proxy] failed");
-            std::fs::write(venv.join(".installed"), b"").expect("marker");
-            println!(
-                "installed litellm[proxy] into {} in {:?}",
-                venv.display(),
-                started.elapsed()
-            );
-        }
-        venv.join("bin")
+        crate::support::venv_installed("litellm", "integrations/litellm/requirements-test.txt")
     })
 }
 

@@ -28,43 +28,12 @@ const SEED: &str = "20261202";
 const EXAMPLES_PER_OPERATION: &str = "40";
 const MIN_REQUESTS: usize = 1000;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The `st` command, installed once per version of the requirements file into a virtualenv in
-/// the build's scratch directory (never into the source tree or the machine's Python).
+/// The `st` command, installed once per version of the requirements file.
 fn schemathesis() -> &'static Path {
-    use sha2::Digest as _;
     static READY: OnceLock<PathBuf> = OnceLock::new();
     READY.get_or_init(|| {
-        let requirements = repo_root().join("tests/schemathesis/requirements.txt");
-        let lock = std::fs::read(&requirements).expect("tests/schemathesis/requirements.txt");
-        let key = hex::encode(&sha2::Sha256::digest(&lock)[..8]);
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("schemathesis-{key}"));
-        if !venv.join(".installed").exists() {
-            let _ = std::fs::remove_dir_all(&venv);
-            let made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .expect("python3 (3.10+, with venv and pip) is needed for the schemathesis test");
-            assert!(made.success(), "python3 -m venv failed");
-            let installed = Command::new(venv.join("bin/pip"))
-                .args([
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--requirement",
-                ])
-                .arg(&requirements)
-                .status()
-                .expect("pip in the virtualenv");
-            assert!(installed.success(), "pip install of schemathesis failed");
-            std::fs::write(venv.join(".installed"), b"").expect("marker");
-        }
-        venv.join("bin/st")
+        crate::support::venv_installed("schemathesis", "tests/schemathesis/requirements.txt")
+            .join("st")
     })
 }
 

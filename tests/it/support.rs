@@ -168,6 +168,50 @@ pub fn npm_installed(folder: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The `bin` folder of a Python virtualenv with `requirements` (a file under the repository)
+/// installed, made once per version of that file in the build's scratch directory: never in the
+/// source tree or the machine's Python. `name` names the folder and the failure.
+pub fn venv_installed(name: &str, requirements: &str) -> std::path::PathBuf {
+    use sha2::Digest as _;
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(requirements);
+    let lock = std::fs::read(&file).unwrap_or_else(|e| panic!("{requirements}: {e}"));
+    let key = hex::encode(&sha2::Sha256::digest(&lock)[..8]);
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{key}"));
+    if !venv.join(".installed").exists() {
+        let started = std::time::Instant::now();
+        let _ = std::fs::remove_dir_all(&venv);
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("python3 (3.10+, with venv and pip) is needed for {name}: {e}")
+            });
+        assert!(made.success(), "python3 -m venv failed for {name}");
+        let installed = std::process::Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--requirement",
+            ])
+            .arg(&file)
+            .status()
+            .expect("pip in the virtualenv");
+        assert!(installed.success(), "pip install of {requirements} failed");
+        std::fs::write(venv.join(".installed"), b"").expect("marker");
+        println!(
+            "installed {requirements} into {} in {:?}",
+            venv.display(),
+            started.elapsed()
+        );
+    }
+    venv.join("bin")
+}
+
 /// A temporary directory, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 

@@ -204,6 +204,20 @@ impl ExtAuthz {
         let Some((api_key, from)) = self.key(&mut http) else {
             return denied(&MISSING, unauthorized());
         };
+        // The key sent in a second header as well must not reach the upstream either.
+        let mut carriers = vec![from.to_owned()];
+        for name in [
+            self.key_header.as_deref(),
+            Some("authorization"),
+            Some("x-api-key"),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if name != from && take_header(&mut http, name).is_some_and(|v| v.contains(&api_key)) {
+                carriers.push(name.to_owned());
+            }
+        }
         let required_scopes = match attributes.context_extensions.remove(SCOPES_EXTENSION) {
             Some(scopes) => scopes
                 .split(',')
@@ -233,7 +247,7 @@ impl ExtAuthz {
             })
             .await;
         match verdict {
-            Ok(answer) if answer.valid => self.allowed(answer, from),
+            Ok(answer) if answer.valid => self.allowed(answer, carriers),
             Ok(answer) => {
                 let reason = answer.reason();
                 let mut headers = Vec::new();
@@ -262,7 +276,7 @@ impl ExtAuthz {
         }
     }
 
-    fn allowed(&self, answer: pb::VerifyKeyResponse, from: &str) -> CheckResponse {
+    fn allowed(&self, answer: pb::VerifyKeyResponse, carriers: Vec<String>) -> CheckResponse {
         let limited = answer.limit > 0;
         let mut headers = Vec::with_capacity(4);
         headers.push(header(KEY_ID_HEADER, answer.key_id));
@@ -277,7 +291,7 @@ impl ExtAuthz {
             headers_to_remove.push(REMAINING_HEADER.to_owned());
         }
         if !self.forward_key {
-            headers_to_remove.push(from.to_owned());
+            headers_to_remove.extend(carriers);
         }
         CheckResponse {
             status: Some(rpc::Status {
