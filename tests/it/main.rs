@@ -18,6 +18,7 @@ mod health;
 mod helm;
 mod lifecycle;
 mod litellm;
+mod llm_hub;
 mod logs;
 mod metrics;
 mod oidc;

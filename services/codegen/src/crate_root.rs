@@ -125,7 +125,10 @@ fn message_impl(
     writeln!(out, "            let mut s = {builder};")?;
     for field in message.fields().filter(|f| !in_real_oneof(f)) {
         let name = rust_field(field.name());
-        let value = if secrets.contains(&field) {
+        let value = if secrets.contains(&field) && field.supports_presence() {
+            // A proto3 `optional`: `None`, or `Some` of the masked value.
+            format!("&self.{name}.as_ref().map(|v| Redacted(v.is_empty()))")
+        } else if secrets.contains(&field) {
             format!("&Redacted(self.{name}.is_empty())")
         } else {
             format!("&self.{name}")
