@@ -207,10 +207,10 @@ mod tests {
         let pool = compile_in_memory(
             r#"
             syntax = "proto3";
-            package leaky.v1;
+            package keyhouse.v1;
             import "keyhouse/v1/options.proto";
 
-            message Leaky {
+            message Candidate {
               optional string secret = 1 [(keyhouse.v1.secret) = true];
             }
             "#,

@@ -46,16 +46,25 @@ const NO_PROVIDER: &str = "-";
 
 pub fn router(service: PlatformKeyGrpc) -> Router {
     Router::new()
-        .route("/api/v1/llm/providers/keys", get(list).post(save))
-        .route("/api/v1/llm/providers/keys/test", post(test))
-        .route("/api/v1/llm/providers/keys/{provider_id}", delete(remove))
-        .route("/api/v1/llm/providers/info", get(info))
+        .route(
+            "/api/v1/llm/providers/keys",
+            get(list_llm_provider_keys).post(save_llm_provider_key),
+        )
+        .route(
+            "/api/v1/llm/providers/keys/test",
+            post(test_llm_provider_key),
+        )
+        .route(
+            "/api/v1/llm/providers/keys/{provider_id}",
+            delete(delete_llm_provider_key),
+        )
+        .route("/api/v1/llm/providers/info", get(llm_provider_info))
         .with_state(service)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, save, test, remove, info),
+    paths(list_llm_provider_keys, save_llm_provider_key, test_llm_provider_key, delete_llm_provider_key, llm_provider_info),
     components(schemas(LlmProviderJson, LlmProviderList, SaveBody, SavedJson, TestBody, TestedJson,
         DeletedJson, ProviderInfoJson, ProviderInfoList, ErrorBody, ValidationErrorBody)),
     tags((name = "llm-hub", description = "The LLM Hub's provider keys: the platform keys of the LLM providers (admins only)"))
@@ -202,7 +211,7 @@ async fn platform_keys(
 /// Every LLM provider, those with a key first.
 #[utoipa::path(get, path = "/api/v1/llm/providers/keys", tag = "llm-hub",
     responses((status = 200, description = "OK", body = LlmProviderList)))]
-async fn list(
+async fn list_llm_provider_keys(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
 ) -> Result<Json<LlmProviderList>, RestError> {
@@ -240,7 +249,7 @@ async fn list(
 #[utoipa::path(post, path = "/api/v1/llm/providers/keys", tag = "llm-hub", request_body = SaveBody,
     responses((status = 200, description = "OK", body = SavedJson), (status = 400, description = "Not an LLM provider", body = ErrorBody),
         (status = 422, description = "Validation error naming the field", body = ValidationErrorBody)))]
-async fn save(
+async fn save_llm_provider_key(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SaveBody>,
@@ -278,7 +287,7 @@ async fn save(
         (status = 400, description = "Not an LLM provider, or no key configured", body = ErrorBody),
         (status = 422, description = "Validation error naming the field", body = ValidationErrorBody),
         (status = 429, description = "More than 10 tests in a minute", body = ErrorBody)))]
-async fn test(
+async fn test_llm_provider_key(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<TestBody>,
@@ -312,7 +321,7 @@ async fn test(
 #[utoipa::path(delete, path = "/api/v1/llm/providers/keys/{provider_id}", tag = "llm-hub",
     params(("provider_id" = String, Path, description = "the provider's `id` from the list")),
     responses((status = 200, description = "OK", body = DeletedJson), (status = 404, description = "Provider not found, or no stored key", body = ErrorBody)))]
-async fn remove(
+async fn delete_llm_provider_key(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -345,7 +354,7 @@ async fn remove(
 /// What each LLM provider is and how its key is tested.
 #[utoipa::path(get, path = "/api/v1/llm/providers/info", tag = "llm-hub",
     responses((status = 200, description = "OK", body = ProviderInfoList)))]
-async fn info(
+async fn llm_provider_info(
     State(svc): State<PlatformKeyGrpc>,
     headers: HeaderMap,
 ) -> Result<Json<ProviderInfoList>, RestError> {
