@@ -60,6 +60,7 @@ ADMIN_ROUTES = {
     "platform-key-service": [
         "/api/v1/admin/platform-keys",
         "/api/v1/admin/audit-events",
+        "/api/v1/llm/providers",
         "/keyhouse.v1.PlatformKeyService/",
     ],
 }

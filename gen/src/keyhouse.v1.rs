@@ -1965,9 +1965,14 @@ pub struct RollbackPlatformKeyRequest {
     pub version: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
 pub struct TestPlatformKeyRequest {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
+    /// A candidate value to test instead of the current one. It is tested, never stored and never
+    /// logged, and its result is not recorded as the stored key's health.
+    #[prost(string, optional, tag = "2")]
+    pub api_key: ::core::option::Option<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TestPlatformKeyResponse {
@@ -2391,7 +2396,10 @@ pub mod platform_key_service_client {
         /// only to public addresses unless an operator allows the network in
         /// KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a refused provider URL is `ok: false` with the reason in
         /// `detail` and no status code or latency.
-        /// Errors: FAILED_PRECONDITION for keys with no live test; NOT_FOUND when not configured.
+        /// With `api_key` set, that value is tested instead of the current one (see the field).
+        /// Each admin may run at most 10 tests a minute, counted per replica in memory.
+        /// Errors: FAILED_PRECONDITION for keys with no live test; NOT_FOUND when not configured;
+        /// INVALID_ARGUMENT naming `api_key` (empty or too long); RESOURCE_EXHAUSTED past the rate.
         pub async fn test_platform_key(
             &mut self,
             request: impl tonic::IntoRequest<super::TestPlatformKeyRequest>,
@@ -2615,7 +2623,10 @@ pub mod platform_key_service_server {
         /// only to public addresses unless an operator allows the network in
         /// KEYHOUSE_OUTBOUND_ALLOWED_NETWORKS; a refused provider URL is `ok: false` with the reason in
         /// `detail` and no status code or latency.
-        /// Errors: FAILED_PRECONDITION for keys with no live test; NOT_FOUND when not configured.
+        /// With `api_key` set, that value is tested instead of the current one (see the field).
+        /// Each admin may run at most 10 tests a minute, counted per replica in memory.
+        /// Errors: FAILED_PRECONDITION for keys with no live test; NOT_FOUND when not configured;
+        /// INVALID_ARGUMENT naming `api_key` (empty or too long); RESOURCE_EXHAUSTED past the rate.
         async fn test_platform_key(
             &self,
             request: tonic::Request<super::TestPlatformKeyRequest>,

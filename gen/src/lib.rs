@@ -20,6 +20,7 @@ pub mod v1 {
         "keyhouse.v1.GetProviderKeyForUserResponse.api_key",
         "keyhouse.v1.UpdatePlatformKeyRequest.api_key",
         "keyhouse.v1.GetDecryptedPlatformKeyResponse.api_key",
+        "keyhouse.v1.TestPlatformKeyRequest.api_key",
         "keyhouse.v1.PlatformKeyEvent.api_key",
     ];
 
@@ -97,6 +98,18 @@ pub mod v1 {
             s.field("api_key", &Redacted(self.api_key.is_empty()));
             s.field("source", &self.source);
             s.field("warning", &self.warning);
+            s.finish()
+        }
+    }
+
+    impl fmt::Debug for TestPlatformKeyRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let mut s = f.debug_struct("TestPlatformKeyRequest");
+            s.field("name", &self.name);
+            s.field(
+                "api_key",
+                &self.api_key.as_ref().map(|v| Redacted(v.is_empty())),
+            );
             s.finish()
         }
     }

@@ -142,7 +142,11 @@ pub(crate) fn rest_of(service: &str) -> (Vec<Route>, &'static [(&'static str, &'
             keyhouse_user_keys::GRPC_ONLY,
         ),
         keyhouse_platform_keys::SERVICE_NAME => (
-            keyhouse_platform_keys::rest::ROUTES.to_vec(),
+            [
+                keyhouse_platform_keys::rest::ROUTES,
+                keyhouse_platform_keys::rest_llm_hub::ROUTES,
+            ]
+            .concat(),
             keyhouse_platform_keys::GRPC_ONLY,
         ),
         other => panic!("{other} is served by no service crate"),

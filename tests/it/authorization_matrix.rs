@@ -760,8 +760,11 @@ impl World {
                     .await,
                 ),
                 "TestPlatformKey" => done(
-                    c.test_platform_key(pb::TestPlatformKeyRequest { name: openai() })
-                        .await,
+                    c.test_platform_key(pb::TestPlatformKeyRequest {
+                        name: openai(),
+                        api_key: None,
+                    })
+                    .await,
                 ),
                 // A stream: its first message, or the status it ends with, is the answer.
                 "WatchPlatformKeys" => {

@@ -370,6 +370,7 @@ async fn manual_tests_are_recorded_as_health_and_history(backend: Backend) {
     let tested = c
         .test_platform_key(pb::TestPlatformKeyRequest {
             name: "openrouter".into(),
+            api_key: None,
         })
         .await
         .expect("test")
@@ -392,6 +393,7 @@ async fn manual_tests_are_recorded_as_health_and_history(backend: Backend) {
     .expect("update");
     c.test_platform_key(pb::TestPlatformKeyRequest {
         name: "openrouter".into(),
+        api_key: None,
     })
     .await
     .expect("test");

@@ -435,6 +435,7 @@ async fn every_rpc_and_rest_path_at_trace_level_logs_no_secret(backend: Backend)
             platform
                 .test_platform_key(pb::TestPlatformKeyRequest {
                     name: "openrouter".into(),
+                    api_key: None,
                 })
                 .await
         ),

@@ -19,6 +19,7 @@ mod health;
 mod helm;
 mod lifecycle;
 mod litellm;
+mod llm_hub;
 mod logs;
 mod metrics;
 mod oidc;

@@ -293,6 +293,7 @@ async fn a_configured_provider_url_on_loopback_is_refused_without_the_allowance(
     let platform = admin
         .test_platform_key(pb::TestPlatformKeyRequest {
             name: "openai".into(),
+            api_key: None,
         })
         .await
         .expect("test")
@@ -331,6 +332,7 @@ async fn a_configured_provider_url_on_loopback_is_refused_without_the_allowance(
     let platform = admin
         .test_platform_key(pb::TestPlatformKeyRequest {
             name: "openai".into(),
+            api_key: None,
         })
         .await
         .expect("test")

@@ -83,9 +83,12 @@ async fn every_rpc_is_for_admins_only(backend: Backend) {
             })
             .await
             .map(|_| ()),
-            c.test_platform_key(pb::TestPlatformKeyRequest { name: n.clone() })
-                .await
-                .map(|_| ()),
+            c.test_platform_key(pb::TestPlatformKeyRequest {
+                name: n.clone(),
+                api_key: None,
+            })
+            .await
+            .map(|_| ()),
             c.watch_platform_keys(pb::WatchPlatformKeysRequest {
                 include_secret: true,
             })
@@ -598,6 +601,7 @@ async fn test_platform_key_reports_what_the_provider_answers(backend: Backend) {
     let status = c
         .test_platform_key(pb::TestPlatformKeyRequest {
             name: name_of("openrouter"),
+            api_key: None,
         })
         .await
         .expect_err("nothing set");
@@ -612,6 +616,7 @@ async fn test_platform_key_reports_what_the_provider_answers(backend: Backend) {
     let ok = c
         .test_platform_key(pb::TestPlatformKeyRequest {
             name: name_of("openrouter"),
+            api_key: None,
         })
         .await
         .expect("test")
@@ -630,6 +635,7 @@ async fn test_platform_key_reports_what_the_provider_answers(backend: Backend) {
     let rejected = c
         .test_platform_key(pb::TestPlatformKeyRequest {
             name: name_of("openrouter"),
+            api_key: None,
         })
         .await
         .expect("test")
@@ -644,6 +650,7 @@ async fn test_platform_key_reports_what_the_provider_answers(backend: Backend) {
     let status = c
         .test_platform_key(pb::TestPlatformKeyRequest {
             name: name_of("provisioning"),
+            api_key: None,
         })
         .await
         .expect_err("no live test");

@@ -16,6 +16,8 @@ use crate::secrets::in_real_oneof;
 const PACKAGE: &str = "keyhouse.v1";
 
 const MAX_WIDTH: usize = 100;
+/// rustfmt's `fn_call_width` at `max_width = 100`.
+const FN_CALL_WIDTH: usize = 60;
 
 const HEADER: &str = r#"//! The keyhouse contract, generated from `proto/keyhouse/v1`.
 //!
@@ -136,7 +138,10 @@ fn message_impl(
     writeln!(out, "            let mut s = {builder};")?;
     for field in message.fields().filter(|f| !in_real_oneof(f)) {
         let name = rust_field(field.name());
-        let value = if secrets.contains(&field) {
+        let value = if secrets.contains(&field) && field.supports_presence() {
+            // A proto3 `optional`: `None`, or `Some` of the masked value.
+            format!("&self.{name}.as_ref().map(|v| Redacted(v.is_empty()))")
+        } else if secrets.contains(&field) {
             format!("&Redacted(self.{name}.is_empty())")
         } else {
             format!("&self.{name}")
@@ -184,7 +189,8 @@ fn oneof_impl(
 /// `s.field("name", value);`, broken over lines as rustfmt does when it is too long.
 fn field_line(out: &mut String, name: &str, value: &str) {
     let line = format!("            s.field({name:?}, {value});");
-    if line.len() <= MAX_WIDTH {
+    // rustfmt also breaks a call whose arguments are longer than `fn_call_width`.
+    if line.len() <= MAX_WIDTH && format!("{name:?}, {value}").len() <= FN_CALL_WIDTH {
         out.push_str(&line);
         out.push('\n');
     } else {

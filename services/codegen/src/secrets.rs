@@ -28,8 +28,8 @@ fn contract_messages(pool: &DescriptorPool) -> impl Iterator<Item = MessageDescr
 }
 
 /// Every field marked as a secret, in declaration order. Fails on a mark the generated `Debug`
-/// cannot honour: it masks a `string` or `bytes` that is a plain field or a oneof's case, not a
-/// message, a list or a proto3 `optional`.
+/// cannot honour: it masks a `string` or `bytes` that is a plain field, a proto3 `optional` or a
+/// oneof's case, not a message or a list.
 pub fn secret_fields(pool: &DescriptorPool) -> Result<Vec<FieldDescriptor>> {
     let Some(option) = pool.get_extension_by_name(SECRET_OPTION) else {
         return Ok(Vec::new());
@@ -39,7 +39,7 @@ pub fn secret_fields(pool: &DescriptorPool) -> Result<Vec<FieldDescriptor>> {
         for field in message.fields().filter(|f| is_marked(f, &option)) {
             let plain = matches!(field.kind(), Kind::String | Kind::Bytes)
                 && !field.is_list()
-                && (!field.supports_presence() || in_real_oneof(&field));
+                && (!field.supports_presence() || field.containing_oneof().is_some());
             if !plain {
                 bail!(
                     "{}: ({SECRET_OPTION}) is supported on plain string and bytes fields only",
@@ -200,5 +200,26 @@ mod tests {
             "#,
         );
         assert!(secret_fields(&pool).is_err());
+    }
+
+    #[test]
+    fn an_optional_secret_is_masked() {
+        let pool = compile_in_memory(
+            r#"
+            syntax = "proto3";
+            package keyhouse.v1;
+            import "keyhouse/v1/options.proto";
+
+            message Candidate {
+              optional string secret = 1 [(keyhouse.v1.secret) = true];
+            }
+            "#,
+        );
+        let secrets = secret_fields(&pool).expect("an optional string can be masked");
+        let root = crate::crate_root::render(&secrets).expect("rendered");
+        assert!(
+            root.contains("self.secret.as_ref().map(|v| Redacted(v.is_empty()))"),
+            "{root}"
+        );
     }
 }

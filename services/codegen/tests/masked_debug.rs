@@ -98,6 +98,7 @@ fn debug_of(name: &str, bytes: &[u8]) -> Option<String> {
         "PutProviderKeyRequest" => show::<pb::PutProviderKeyRequest>(bytes),
         "GetProviderKeyForUserResponse" => show::<pb::GetProviderKeyForUserResponse>(bytes),
         "UpdatePlatformKeyRequest" => show::<pb::UpdatePlatformKeyRequest>(bytes),
+        "TestPlatformKeyRequest" => show::<pb::TestPlatformKeyRequest>(bytes),
         "GetDecryptedPlatformKeyResponse" => show::<pb::GetDecryptedPlatformKeyResponse>(bytes),
         "PlatformKeyEvent" => show::<pb::PlatformKeyEvent>(bytes),
         _ => None,

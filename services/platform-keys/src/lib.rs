@@ -18,6 +18,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 pub mod rest;
+pub mod rest_llm_hub;
 
 pub const SERVICE_NAME: &str = "keyhouse.v1.PlatformKeyService";
 
@@ -81,7 +82,8 @@ impl PlatformKeyGrpc {
 
     /// Adds this service (gRPC and its REST paths) to what a binary serves.
     pub fn register(self, services: &mut Services) {
-        services.rest = std::mem::take(&mut services.rest).merge(rest::router(self.clone()));
+        let rest = rest::router(self.clone()).merge(rest_llm_hub::router(self.clone()));
+        services.rest = std::mem::take(&mut services.rest).merge(rest);
         services.openapi.merge(openapi());
         services.grpc.add_service(
             PlatformKeyServiceServer::new(self)
@@ -93,10 +95,12 @@ impl PlatformKeyGrpc {
 
 /// The OpenAPI paths of this service's REST routes, with the answers every route shares.
 pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = <rest::Docs as utoipa::OpenApi>::openapi();
+    doc.merge(<rest_llm_hub::Docs as utoipa::OpenApi>::openapi());
     keyhouse_server::docs::with_shared_answers(
-        <rest::Docs as utoipa::OpenApi>::openapi(),
+        doc,
         SERVICE_NAME,
-        rest::ROUTES,
+        &[rest::ROUTES, rest_llm_hub::ROUTES].concat(),
     )
 }
 

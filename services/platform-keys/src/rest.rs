@@ -420,7 +420,13 @@ async fn test(
     Path(name): Path<String>,
 ) -> Result<Json<PlatformKeyTestedJson>, RestError> {
     let out = svc
-        .test_platform_key(grpc_request(&headers, pb::TestPlatformKeyRequest { name }))
+        .test_platform_key(grpc_request(
+            &headers,
+            pb::TestPlatformKeyRequest {
+                name,
+                api_key: None,
+            },
+        ))
         .await
         .map_err(|s| NAME_PATH.error(s))?
         .into_inner();

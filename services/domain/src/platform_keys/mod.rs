@@ -4,9 +4,9 @@
 
 mod watch;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use keyhouse_proto::v1 as pb;
 use sea_orm::DatabaseConnection;
@@ -32,6 +32,9 @@ use crate::timestamp;
 pub const DECRYPT_WARNING: &str = "This is the full API key. Keep it secure.";
 const LIVE_TEST_TIMEOUT: Duration = Duration::from_secs(8);
 const MAX_REASON_LEN: usize = 500;
+/// How many live tests (TestPlatformKey) one admin may run in [`TEST_WINDOW`].
+pub const TESTS_PER_MINUTE: usize = 10;
+const TEST_WINDOW: Duration = Duration::from_secs(60);
 
 /// Values of the catalog's environment variables, read once at start.
 #[derive(Clone, Default)]
@@ -104,6 +107,7 @@ pub struct PlatformKeys {
     urls: BaseUrls,
     outbound: Outbound,
     feed: ChangeFeed,
+    tests: TestRate,
 }
 
 impl PlatformKeys {
@@ -122,6 +126,7 @@ impl PlatformKeys {
             urls,
             outbound,
             feed,
+            tests: TestRate::default(),
         }
     }
 
@@ -338,12 +343,51 @@ impl PlatformKeys {
     ) -> Result<pb::TestPlatformKeyResponse> {
         caller.require_admin()?;
         let spec = spec(&req.name)?;
-        if spec.live_test.is_none() {
+        let Some(live) = spec.live_test.as_ref() else {
             return Err(Error::FailedPrecondition(format!(
                 "{} has no live test: keyhouse cannot check it against a provider",
                 spec.display_name
             )));
-        }
+        };
+        let supplied = match req.api_key {
+            Some(value) => {
+                let value = Zeroizing::new(value.trim().to_owned());
+                if value.is_empty() {
+                    return Err(Error::invalid("api_key", "api_key must not be empty"));
+                }
+                providers::check_key_length("api_key", &value)?;
+                Some(value)
+            }
+            None => None,
+        };
+        self.tests.admit(caller.user_id())?;
+        let Some(value) = supplied else {
+            return self.test_current(caller, spec).await;
+        };
+        // A candidate value: tested, never stored, and not the stored key's health.
+        let base = self.urls.get(spec.id, spec.base_url);
+        let outcome = providers::run(
+            &self.outbound,
+            base,
+            "the provider URL",
+            live,
+            &value,
+            LIVE_TEST_TIMEOUT,
+        )
+        .await;
+        let details = json!({
+            "source": "supplied", "ok": outcome.ok, "status_code": outcome.status_code,
+        });
+        let recorded = audit::record(&self.db, caller, "platform_key.test", spec.id, details);
+        crate::db::guarded(&self.db, recorded).await?;
+        Ok(tested(outcome))
+    }
+
+    async fn test_current(
+        &self,
+        caller: &Caller,
+        spec: &'static Provider,
+    ) -> Result<pb::TestPlatformKeyResponse> {
         let (source, outcome) = self
             .live_test(spec)
             .await?
@@ -362,12 +406,7 @@ impl PlatformKeys {
             health::Trigger::Manual,
         )
         .await?;
-        Ok(pb::TestPlatformKeyResponse {
-            ok: outcome.ok,
-            status_code: outcome.status_code,
-            latency_ms: outcome.latency_ms,
-            detail: outcome.detail,
-        })
+        Ok(tested(outcome))
     }
 
     #[tracing::instrument(skip_all, fields(actor = %caller.user_id(), name = %req.name))]
@@ -608,6 +647,44 @@ fn spec(name: &str) -> Result<&'static Provider> {
                 known.join(", ")
             ))
         })
+}
+
+fn tested(outcome: providers::Outcome) -> pb::TestPlatformKeyResponse {
+    pb::TestPlatformKeyResponse {
+        ok: outcome.ok,
+        status_code: outcome.status_code,
+        latency_ms: outcome.latency_ms,
+        detail: outcome.detail,
+    }
+}
+
+/// At most [`TESTS_PER_MINUTE`] live tests a minute for each admin. The count is kept in memory
+/// by each replica: with N replicas an admin may run up to N times as many.
+#[derive(Clone, Default)]
+struct TestRate(Arc<Mutex<HashMap<String, VecDeque<Instant>>>>);
+
+impl TestRate {
+    fn admit(&self, user_id: &str) -> Result<()> {
+        let now = Instant::now();
+        let mut callers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        callers.retain(|_, times| {
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= TEST_WINDOW)
+            {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
+        let times = callers.entry(user_id.to_owned()).or_default();
+        if times.len() >= TESTS_PER_MINUTE {
+            return Err(Error::ResourceExhausted(format!(
+                "Rate limit exceeded. Maximum {TESTS_PER_MINUTE} tests per minute."
+            )));
+        }
+        times.push_back(now);
+        Ok(())
+    }
 }
 
 fn not_configured(spec: &Provider) -> Error {
