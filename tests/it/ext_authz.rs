@@ -289,12 +289,12 @@ async fn a_valid_key_is_let_through_with_its_identity_added_upstream(backend: Ba
             .await
             .expect("usage")
             .into_inner();
-        if usage.total_requests >= 4 {
+        if usage.total_requests >= 5 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(usage.total_requests, 4, "four checks let through");
+    assert_eq!(usage.total_requests, 5, "five checks let through");
 }
 
 async fn every_refusal_has_its_status_and_json_body(backend: Backend) {
