@@ -17,6 +17,7 @@ on_both_databases!(
     each_provider_enforces_its_format_and_endpoint,
     live_tests_report_valid_invalid_and_error,
     only_service_tokens_get_a_users_key,
+    a_bound_service_token_reaches_only_its_rpcs,
     the_byok_rest_paths_answer_in_the_ops_center_shapes,
     byok_stats_count_the_callers_keys_in_ops_centers_fields,
 );
@@ -35,6 +36,22 @@ async fn server_with_gateway(backend: Backend) -> TestServer {
     let digest = hex::encode(sha2::Sha256::digest(GATEWAY_TOKEN.as_bytes()));
     TestServer::start_with(backend, move |s| {
         s.service_tokens = vec![format!("gateway={digest}")]
+    })
+    .await
+}
+
+const SYNC_TOKEN: &str = "svc_sync_0123456789abcdef";
+
+/// The gateway's token may fetch users' keys and nothing else; the sync agent's may watch and
+/// report, and not fetch users' keys.
+async fn server_with_bound_tokens(backend: Backend) -> TestServer {
+    let digest = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    let (gateway, sync) = (digest(GATEWAY_TOKEN), digest(SYNC_TOKEN));
+    TestServer::start_with(backend, move |s| {
+        s.service_tokens = vec![
+            format!("gateway={gateway}:GetProviderKeyForUser"),
+            format!("litellm-sync={sync}:WatchPlatformKeys+ReportPlatformKeySync"),
+        ]
     })
     .await
 }
@@ -646,4 +663,77 @@ async fn byok_stats_count_the_callers_keys_in_ops_centers_fields(backend: Backen
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     let body: Value = anonymous.json().await.expect("JSON");
     assert!(body["detail"].is_string(), "{body}");
+}
+
+async fn a_bound_service_token_reaches_only_its_rpcs(backend: Backend) {
+    let server = server_with_bound_tokens(backend).await;
+    let alice = server.session("alice", Role::User).await;
+    server
+        .user_client(Some(&alice))
+        .await
+        .put_provider_key(put("groq", "gsk_alice_0123456789"))
+        .await
+        .expect("put");
+    let mut users = keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient::new(
+        server.channel().await,
+    );
+    let got = users
+        .get_provider_key_for_user(hand_out("alice", "groq", Some(GATEWAY_TOKEN)))
+        .await
+        .expect("the gateway's token is bound to GetProviderKeyForUser")
+        .into_inner();
+    assert_eq!(got.api_key, "gsk_alice_0123456789");
+    let refused = users
+        .get_provider_key_for_user(hand_out("alice", "groq", Some(SYNC_TOKEN)))
+        .await
+        .expect_err("the sync agent's token is not bound to GetProviderKeyForUser");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("`litellm-sync`")
+            && refused.message().contains("GetProviderKeyForUser"),
+        "{}",
+        refused.message()
+    );
+
+    let watch = pb::WatchPlatformKeysRequest {
+        include_secret: true,
+    };
+    let refused = server
+        .platform_client(Some(GATEWAY_TOKEN))
+        .await
+        .watch_platform_keys(watch)
+        .await
+        .expect_err("the gateway's token cannot watch platform secrets");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("`gateway`") && refused.message().contains("WatchPlatformKeys"),
+        "{}",
+        refused.message()
+    );
+    let mut stream = server
+        .platform_client(Some(SYNC_TOKEN))
+        .await
+        .watch_platform_keys(watch)
+        .await
+        .expect("the sync agent's token is bound to WatchPlatformKeys")
+        .into_inner();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("an event in time")
+        .expect("a healthy stream")
+        .expect("an open stream");
+    assert!(first.initial, "the watch starts with the current state");
+
+    let events = keyhouse_domain::storage::audit::list(
+        server.db(),
+        &keyhouse_domain::storage::audit::Filter {
+            action: Some("provider_key.hand_out".into()),
+            ..Default::default()
+        },
+        None,
+        10,
+    )
+    .await
+    .expect("audit");
+    assert_eq!(events.len(), 1, "the refused hand-out is not recorded");
 }

@@ -236,7 +236,9 @@ async fn the_console_works_in_a_real_browser() {
     let server = TestServer::start_with(Backend::Sqlite, move |s| {
         // openrouter's live test meets the stub too, which refuses the values the script stores.
         s.domain.provider_base_urls = vec![format!("openai={url}"), format!("openrouter={url}")];
-        s.service_tokens = vec![format!("litellm-sync={digest}")];
+        s.service_tokens = vec![format!(
+            "litellm-sync={digest}:WatchPlatformKeys+ReportPlatformKeySync"
+        )];
         s.domain.outbound_allowed_networks = vec![crate::stub::NETWORK.into()];
     })
     .await;

@@ -268,7 +268,9 @@ fn settings(server: &TestServer, litellm: &str, once: bool) -> SyncSettings {
 async fn start(backend: Backend) -> TestServer {
     let digest = hex::encode(sha2::Sha256::digest(SYNC_TOKEN.as_bytes()));
     TestServer::start_with(backend, |s| {
-        s.service_tokens = vec![format!("litellm-sync={digest}")];
+        s.service_tokens = vec![format!(
+            "litellm-sync={digest}:WatchPlatformKeys+ReportPlatformKeySync"
+        )];
     })
     .await
 }

@@ -88,7 +88,7 @@ enum SyncCommand {
 #[derive(Subcommand)]
 enum ServiceTokenCommand {
     /// Print a new random service token on stdout. Configure its SHA-256 (hex) in
-    /// KEYHOUSE_SERVICE_TOKENS as `name=<digest>`.
+    /// KEYHOUSE_SERVICE_TOKENS as `name=<digest>:Rpc+Rpc`, bound to the RPCs the service calls.
     Create,
 }
 

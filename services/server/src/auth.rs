@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use keyhouse_domain::{Error, Result};
+use keyhouse_domain::{Error, Result, authorization};
 
 /// The session token of a request: `Authorization: Bearer <token>` first, else the
 /// `session_token` cookie (what browsers and grpc-web send).
@@ -84,50 +84,185 @@ mod tests {
     }
 }
 
-/// Internal services' credentials (`KEYHOUSE_SERVICE_TOKENS`: `name=sha256hex` pairs): only
-/// digests are configured, compared in constant time.
+/// Internal services' credentials (`KEYHOUSE_SERVICE_TOKENS`): only digests are configured,
+/// compared in constant time. An entry is `name=<sha256 hex>`, or `name=<sha256 hex>:Rpc+Rpc` to
+/// bind the token to those RPCs, so that a gateway's token cannot read platform secrets.
 #[derive(Clone, Default)]
-pub struct ServiceTokens(Vec<(String, [u8; 32])>);
+pub struct ServiceTokens(Vec<ServiceToken>);
+
+#[derive(Clone)]
+struct ServiceToken {
+    name: String,
+    digest: [u8; 32],
+    /// Full `package.Service/Method` names; `None` is every RPC whose row allows service tokens.
+    rpcs: Option<Vec<&'static str>>,
+}
+
+/// A presented token that is one of the configured ones.
+pub struct Service<'a> {
+    pub name: &'a str,
+    rpcs: Option<&'a [&'static str]>,
+}
+
+impl Service<'_> {
+    /// Whether this token may call `rpc` (`package.Service/Method`).
+    pub fn may_call(&self, rpc: &str) -> bool {
+        self.rpcs.is_none_or(|rpcs| rpcs.contains(&rpc))
+    }
+}
+
+const FORMAT: &str = "KEYHOUSE_SERVICE_TOKENS entries are name=<SHA-256 of the token, hex>, optionally followed by :Rpc+Rpc to bind the token to those RPCs; make a token with `keyhouse service-token create`";
 
 impl ServiceTokens {
     pub fn parse(entries: &[String]) -> Result<Self> {
         let mut tokens = Vec::new();
         for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-            let bad = || {
-                Error::invalid(
-                    "KEYHOUSE_SERVICE_TOKENS",
-                    "KEYHOUSE_SERVICE_TOKENS entries are name=<SHA-256 of the token, hex>; make a token with `keyhouse service-token create` and configure NAME=<its SHA-256>",
-                )
+            let bad = |why: String| Error::invalid("KEYHOUSE_SERVICE_TOKENS", why);
+            let (name, rest) = entry.split_once('=').ok_or_else(|| bad(FORMAT.into()))?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(bad(FORMAT.into()));
+            }
+            let (digest, rpcs) = match rest.split_once(':') {
+                Some((digest, rpcs)) => (digest, Some(bound_rpcs(name, rpcs)?)),
+                None => (rest, None),
             };
-            let (name, digest) = entry.split_once('=').ok_or_else(bad)?;
-            let bytes: [u8; 32] = hex::decode(digest.trim())
+            let digest: [u8; 32] = hex::decode(digest.trim())
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(bad)?;
-            tokens.push((name.trim().to_owned(), bytes));
+                .ok_or_else(|| bad(FORMAT.into()))?;
+            if tokens.iter().any(|t: &ServiceToken| t.name == name) {
+                return Err(bad(format!(
+                    "KEYHOUSE_SERVICE_TOKENS configures the service token `{name}` twice"
+                )));
+            }
+            if rpcs.is_none() {
+                tracing::warn!(
+                    service = name,
+                    "service token is bound to no RPC list, so it may call every RPC that allows service tokens, watching platform secrets among them; bind it with name=<digest>:Rpc+Rpc"
+                );
+            }
+            tokens.push(ServiceToken {
+                name: name.to_owned(),
+                digest,
+                rpcs,
+            });
         }
         Ok(Self(tokens))
     }
 
-    /// The service a presented token belongs to.
-    pub fn name_of(&self, token: &str) -> Option<&str> {
+    /// The service a presented token belongs to, with what it may call.
+    pub fn find(&self, token: &str) -> Option<Service<'_>> {
         use sha2::{Digest, Sha256};
         use subtle::ConstantTimeEq;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
-        for (name, digest) in &self.0 {
-            if bool::from(digest.ct_eq(&presented)) {
-                found = Some(name.as_str());
+        for t in &self.0 {
+            if bool::from(t.digest.ct_eq(&presented)) {
+                found = Some(Service {
+                    name: &t.name,
+                    rpcs: t.rpcs.as_deref(),
+                });
             }
         }
         found
     }
 }
 
+/// The RPCs of `Rpc+Rpc`, each a method name (`WatchPlatformKeys`) or a full name
+/// (`keyhouse.v1.PlatformKeyService/WatchPlatformKeys`) whose row allows service tokens.
+fn bound_rpcs(name: &str, list: &str) -> Result<Vec<&'static str>> {
+    let allowed = || {
+        authorization::TABLE
+            .iter()
+            .filter(|r| r.service_token)
+            .map(|r| r.rpc)
+    };
+    let mut rpcs = Vec::new();
+    for wanted in list.split('+').map(str::trim) {
+        let matches: Vec<&'static str> = allowed()
+            .filter(|rpc| *rpc == wanted || rpc.rsplit_once('/').is_some_and(|(_, m)| m == wanted))
+            .collect();
+        match matches.as_slice() {
+            [rpc] => rpcs.push(*rpc),
+            _ => {
+                let names: Vec<&str> = allowed()
+                    .filter_map(|r| r.rsplit_once('/').map(|(_, m)| m))
+                    .collect();
+                return Err(Error::invalid(
+                    "KEYHOUSE_SERVICE_TOKENS",
+                    format!(
+                        "KEYHOUSE_SERVICE_TOKENS binds the service token `{name}` to `{wanted}`, which is not an RPC service tokens may call; those are {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(rpcs)
+}
+
 impl fmt::Debug for ServiceTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|(n, _)| n))
+            .entries(self.0.iter().map(|t| &t.name))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod service_token_tests {
+    use super::*;
+
+    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // "test"
+
+    fn parse(entry: &str) -> Result<ServiceTokens> {
+        ServiceTokens::parse(&[entry.to_owned()])
+    }
+
+    fn message(entry: &str) -> String {
+        match parse(entry) {
+            Err(e) => e.to_string(),
+            Ok(t) => panic!("{entry} was accepted: {t:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unbound_token_may_call_every_service_rpc() {
+        let tokens = parse(&format!("gateway={DIGEST}")).expect("an unbound token");
+        let service = tokens.find("test").expect("the configured token");
+        assert_eq!(service.name, "gateway");
+        assert!(service.may_call("keyhouse.v1.PlatformKeyService/WatchPlatformKeys"));
+        assert!(tokens.find("other").is_none());
+    }
+
+    #[test]
+    fn a_bound_token_may_call_only_its_rpcs() {
+        let tokens = parse(&format!(
+            "sync={DIGEST}:WatchPlatformKeys+keyhouse.v1.PlatformKeyService/ReportPlatformKeySync"
+        ))
+        .expect("a bound token");
+        let service = tokens.find("test").expect("the configured token");
+        assert!(service.may_call("keyhouse.v1.PlatformKeyService/WatchPlatformKeys"));
+        assert!(service.may_call("keyhouse.v1.PlatformKeyService/ReportPlatformKeySync"));
+        assert!(!service.may_call("keyhouse.v1.UserKeyService/GetProviderKeyForUser"));
+    }
+
+    #[test]
+    fn bad_entries_name_the_setting_and_what_is_wrong() {
+        let unknown = message(&format!("gw={DIGEST}:ListPlatformKeys"));
+        assert!(unknown.contains("KEYHOUSE_SERVICE_TOKENS"), "{unknown}");
+        assert!(unknown.contains("`ListPlatformKeys`"), "{unknown}");
+        assert!(unknown.contains("GetProviderKeyForUser"), "{unknown}");
+        assert!(message(&format!("gw={DIGEST}:")).contains("``"));
+        assert!(message("gw=abc").contains("SHA-256"));
+        assert!(message(&format!("={DIGEST}")).contains("SHA-256"));
+        let twice = ServiceTokens::parse(&[format!("gw={DIGEST}"), format!("gw={DIGEST}")])
+            .expect_err("a name given twice")
+            .to_string();
+        assert!(
+            twice.contains("KEYHOUSE_SERVICE_TOKENS configures the service token `gw` twice"),
+            "{twice}"
+        );
     }
 }

@@ -114,7 +114,7 @@ impl Authenticator {
         rule: &Rule,
     ) -> Result<Caller, tonic::Status> {
         if rule.service_token
-            && let Some(caller) = self.service(metadata)
+            && let Some(caller) = self.service(metadata, rule.rpc)?
         {
             return Ok(caller);
         }
@@ -136,13 +136,22 @@ impl Authenticator {
         Ok(caller)
     }
 
-    /// An internal service, by its token: `service:<name>`, with no role beyond its row.
-    fn service(&self, metadata: &MetadataMap) -> Option<Caller> {
+    /// An internal service, by its token: `service:<name>`, with no role beyond its row. A
+    /// token bound to other RPCs is refused here rather than tried as a session.
+    fn service(&self, metadata: &MetadataMap, rpc: &str) -> Result<Option<Caller>, tonic::Status> {
         let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-        let name = self
-            .services
-            .name_of(auth::bearer(text("authorization"))?)?;
-        Some(Caller {
+        let Some(service) = auth::bearer(text("authorization")).and_then(|t| self.services.find(t))
+        else {
+            return Ok(None);
+        };
+        if !service.may_call(rpc) {
+            return Err(status(Error::PermissionDenied(format!(
+                "the service token `{}` is not bound to {rpc} (KEYHOUSE_SERVICE_TOKENS)",
+                service.name
+            ))));
+        }
+        let name = service.name;
+        Ok(Some(Caller {
             principal: Principal {
                 user_id: format!("service:{name}"),
                 email: String::new(),
@@ -151,7 +160,7 @@ impl Authenticator {
             source: IdentitySource::ServiceToken,
             request_id: auth::request_id(text("x-request-id")),
             via_key: None,
-        })
+        }))
     }
 
     pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, tonic::Status> {

@@ -21,8 +21,9 @@ pub struct ServerSettings {
     #[arg(long, env = "KEYHOUSE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
-    /// Internal services allowed to fetch users' provider keys: `name=<SHA-256 of the token,
-    /// hex>` pairs, comma-separated (`keyhouse service-token create` makes one).
+    /// Internal services' tokens, comma-separated: `name=<SHA-256 of the token, hex>:Rpc+Rpc`,
+    /// each bound to the RPCs it names (`keyhouse service-token create` makes one). Without
+    /// `:Rpc+Rpc` a token may call every RPC that allows service tokens.
     #[arg(
         long,
         env = "KEYHOUSE_SERVICE_TOKENS",
