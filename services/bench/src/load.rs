@@ -140,10 +140,35 @@ pub async fn open_latencies(
     (all, failures)
 }
 
-/// A saturated rate and the failures behind it.
+/// A saturated rate and the failures behind it, with the in-process server's CPU time per
+/// call answered (see `server_cpu`).
 pub struct Rate {
     pub per_second: f64,
     pub failures: u64,
+    pub server_cpu_per_call: Duration,
+}
+
+/// The CPU time the threads named `server` (the in-process server's runtime, apart from the load
+/// generator's `load` threads) have run so far, from each thread's scheduler statistics. Zero
+/// where `/proc` is not there.
+pub fn server_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut nanos = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let is_server = std::fs::read_to_string(path.join("comm"))
+            .is_ok_and(|name| name.trim_end() == "server");
+        if is_server && let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
+            nanos += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(nanos)
 }
 
 /// Closed-loop rates of two calls or more (each on its own channels), taken in turns of 2 s for
@@ -158,13 +183,21 @@ pub async fn alternating<const N: usize>(
     let mut rates = [(); N].map(|_| Rate {
         per_second: 0.0,
         failures: 0,
+        server_cpu_per_call: Duration::ZERO,
     });
+    let mut cpu = [(Duration::ZERO, 0u64); N];
     for _ in 0..turns {
-        for (rate, (channels, call)) in rates.iter_mut().zip(&sides) {
+        for ((rate, cpu), (channels, call)) in rates.iter_mut().zip(&mut cpu).zip(&sides) {
+            let before = server_cpu();
             let outcome = closed(channels, call.clone(), concurrency, turn).await;
+            cpu.0 += server_cpu().saturating_sub(before);
+            cpu.1 += outcome.count as u64 + outcome.failures;
             rate.per_second += outcome.per_second / turns as f64;
             rate.failures += outcome.failures;
         }
+    }
+    for (rate, (time, calls)) in rates.iter_mut().zip(cpu) {
+        rate.server_cpu_per_call = time / calls.max(1) as u32;
     }
     rates
 }

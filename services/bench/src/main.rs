@@ -8,6 +8,7 @@
 
 mod alloc;
 mod breakdown;
+mod encoded;
 mod ext_authz;
 mod fallback;
 mod fill;

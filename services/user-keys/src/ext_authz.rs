@@ -18,8 +18,9 @@
 //!   `application/json`. Storage unavailable is a denial too (503), never a gRPC error, so the
 //!   check fails closed whatever Envoy's `failure_mode_allow` says.
 //!
-//! Envoy caches nothing: every request Envoy admits reaches this method, and it costs what
-//! VerifyKey costs (benchmark 18 in `BENCHMARKS.md`).
+//! Envoy caches nothing: every request Envoy admits reaches this method. It costs VerifyKey's
+//! work plus decoding Envoy's request, whose every header adds to it (benchmark 18 in
+//! `BENCHMARKS.md`), so Envoy should send only the headers that may carry a key.
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
