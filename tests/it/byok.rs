@@ -56,6 +56,35 @@ async fn server_with_bound_tokens(backend: Backend) -> TestServer {
     .await
 }
 
+/// Alice's groq key, stored by her; and a client with no credential of its own.
+async fn alices_groq_key_stored(
+    server: &TestServer,
+    alice: &str,
+) -> keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient<tonic::transport::Channel> {
+    server
+        .user_client(Some(alice))
+        .await
+        .put_provider_key(put("groq", "gsk_alice_0123456789"))
+        .await
+        .expect("put");
+    keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient::new(server.channel().await)
+}
+
+/// The audit trail's hand-outs of users' provider keys.
+async fn hand_outs(server: &TestServer) -> Vec<keyhouse_domain::entities::audit_events::Model> {
+    keyhouse_domain::storage::audit::list(
+        server.db(),
+        &keyhouse_domain::storage::audit::Filter {
+            action: Some("provider_key.hand_out".into()),
+            ..Default::default()
+        },
+        None,
+        10,
+    )
+    .await
+    .expect("audit")
+}
+
 fn hand_out(
     user: &str,
     provider: &str,
@@ -380,15 +409,7 @@ async fn only_service_tokens_get_a_users_key(backend: Backend) {
     let server = server_with_gateway(backend).await;
     let alice = server.session("alice", Role::User).await;
     let admin = server.session("root", Role::Admin).await;
-    server
-        .user_client(Some(&alice))
-        .await
-        .put_provider_key(put("groq", "gsk_alice_0123456789"))
-        .await
-        .expect("put");
-    let mut client = keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient::new(
-        server.channel().await,
-    );
+    let mut client = alices_groq_key_stored(&server, &alice).await;
 
     let got = client
         .get_provider_key_for_user(hand_out("alice", "groq", Some(GATEWAY_TOKEN)))
@@ -423,17 +444,7 @@ async fn only_service_tokens_get_a_users_key(backend: Backend) {
             .expect_err(who);
         assert_eq!(status.code(), code, "{who}");
     }
-    let events = keyhouse_domain::storage::audit::list(
-        server.db(),
-        &keyhouse_domain::storage::audit::Filter {
-            action: Some("provider_key.hand_out".into()),
-            ..Default::default()
-        },
-        None,
-        10,
-    )
-    .await
-    .expect("audit");
+    let events = hand_outs(&server).await;
     assert_eq!(events.len(), 1, "only the successful hand-out is recorded");
     assert_eq!(
         (events[0].actor.as_str(), events[0].target.as_str()),
@@ -668,15 +679,7 @@ async fn byok_stats_count_the_callers_keys_in_ops_centers_fields(backend: Backen
 async fn a_bound_service_token_reaches_only_its_rpcs(backend: Backend) {
     let server = server_with_bound_tokens(backend).await;
     let alice = server.session("alice", Role::User).await;
-    server
-        .user_client(Some(&alice))
-        .await
-        .put_provider_key(put("groq", "gsk_alice_0123456789"))
-        .await
-        .expect("put");
-    let mut users = keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient::new(
-        server.channel().await,
-    );
+    let mut users = alices_groq_key_stored(&server, &alice).await;
     let got = users
         .get_provider_key_for_user(hand_out("alice", "groq", Some(GATEWAY_TOKEN)))
         .await
@@ -724,16 +727,6 @@ async fn a_bound_service_token_reaches_only_its_rpcs(backend: Backend) {
         .expect("an open stream");
     assert!(first.initial, "the watch starts with the current state");
 
-    let events = keyhouse_domain::storage::audit::list(
-        server.db(),
-        &keyhouse_domain::storage::audit::Filter {
-            action: Some("provider_key.hand_out".into()),
-            ..Default::default()
-        },
-        None,
-        10,
-    )
-    .await
-    .expect("audit");
+    let events = hand_outs(&server).await;
     assert_eq!(events.len(), 1, "the refused hand-out is not recorded");
 }

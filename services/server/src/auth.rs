@@ -130,10 +130,17 @@ impl ServiceTokens {
             let digest: [u8; 32] = hex::decode(digest.trim())
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| bad(FORMAT.into()))?;
+                .ok_or_else(|| bad(format!("the service token `{name}`: {FORMAT}")))?;
             if tokens.iter().any(|t: &ServiceToken| t.name == name) {
                 return Err(bad(format!(
                     "KEYHOUSE_SERVICE_TOKENS configures the service token `{name}` twice"
+                )));
+            }
+            // One token under two names would get the wider reach of the two.
+            if let Some(other) = tokens.iter().find(|t| t.digest == digest) {
+                return Err(bad(format!(
+                    "KEYHOUSE_SERVICE_TOKENS gives the service tokens `{}` and `{name}` the same digest; each service needs its own token",
+                    other.name
                 )));
             }
             if rpcs.is_none() {
@@ -189,10 +196,16 @@ fn bound_rpcs(name: &str, list: &str) -> Result<Vec<&'static str>> {
                 let names: Vec<&str> = allowed()
                     .filter_map(|r| r.rsplit_once('/').map(|(_, m)| m))
                     .collect();
+                // A digest pasted after the colon is not echoed into the log.
+                let shown = if wanted.chars().all(|c| c.is_ascii_hexdigit()) && wanted.len() > 16 {
+                    "a hex string"
+                } else {
+                    wanted
+                };
                 return Err(Error::invalid(
                     "KEYHOUSE_SERVICE_TOKENS",
                     format!(
-                        "KEYHOUSE_SERVICE_TOKENS binds the service token `{name}` to `{wanted}`, which is not an RPC service tokens may call; those are {}",
+                        "KEYHOUSE_SERVICE_TOKENS binds the service token `{name}` to `{shown}`, which is not an RPC service tokens may call; those are {}",
                         names.join(", ")
                     ),
                 ));
@@ -255,7 +268,23 @@ mod service_token_tests {
         assert!(unknown.contains("`ListPlatformKeys`"), "{unknown}");
         assert!(unknown.contains("GetProviderKeyForUser"), "{unknown}");
         assert!(message(&format!("gw={DIGEST}:")).contains("``"));
-        assert!(message("gw=abc").contains("SHA-256"));
+        let short = message("gw=abc");
+        assert!(
+            short.contains("`gw`") && short.contains("SHA-256"),
+            "{short}"
+        );
+        let pasted = message(&format!("gw=sha256:{DIGEST}"));
+        assert!(!pasted.contains(DIGEST), "{pasted}");
+        let shared = ServiceTokens::parse(&[
+            format!("gw={DIGEST}:GetProviderKeyForUser"),
+            format!("old={DIGEST}"),
+        ])
+        .expect_err("one digest under two names")
+        .to_string();
+        assert!(
+            shared.contains("`gw` and `old` the same digest"),
+            "{shared}"
+        );
         assert!(message(&format!("={DIGEST}")).contains("SHA-256"));
         let twice = ServiceTokens::parse(&[format!("gw={DIGEST}"), format!("gw={DIGEST}")])
             .expect_err("a name given twice")
