@@ -22,6 +22,50 @@ fn header(res: &reqwest::Response, name: reqwest::header::HeaderName) -> &str {
         .unwrap_or_default()
 }
 
+/// The cookies `POST /auth/session` sets, with `headers` on the request.
+async fn sign_in_cookies(server: &TestServer, headers: &[(&str, &str)]) -> Vec<String> {
+    let token = server.session("alice", Role::User).await;
+    let mut req = server
+        .http()
+        .post(server.rest("/auth/session"))
+        .json(&json!({ "token": token }));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = req.send().await.expect("POST /auth/session");
+    assert_eq!(res.status(), StatusCode::OK);
+    res.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_are_secure_over_https_or_always_when_the_operator_says_so() {
+    let secure = |cookies: &[String]| {
+        assert_eq!(cookies.len(), 2, "{cookies:?}");
+        cookies
+            .iter()
+            .all(|c| c.ends_with("; Secure") || c.contains("; Secure;"))
+    };
+    let plain = TestServer::start(Backend::Sqlite).await;
+    let cookies = sign_in_cookies(&plain, &[]).await;
+    assert!(
+        cookies.iter().all(|c| !c.contains("Secure")),
+        "plain http keeps cookies a browser sends back over http: {cookies:?}"
+    );
+    let cookies = sign_in_cookies(&plain, &[("x-forwarded-proto", "https")]).await;
+    assert!(secure(&cookies), "behind an https proxy: {cookies:?}");
+
+    let always = TestServer::start_with(Backend::Sqlite, |s| s.secure_cookies = true).await;
+    let cookies = sign_in_cookies(&always, &[]).await;
+    assert!(
+        secure(&cookies),
+        "KEYHOUSE_SECURE_COOKIES without X-Forwarded-Proto: {cookies:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_served_at_the_root_and_page_paths_while_api_paths_keep_their_404s() {
     let server = TestServer::start(Backend::Sqlite).await;

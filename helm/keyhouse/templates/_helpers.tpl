@@ -200,6 +200,10 @@ true
 {{- end }}
 - name: KEYHOUSE_BCRYPT_COST
   value: {{ $v.config.bcryptCost | int | toString | quote }}
+{{- if $v.config.secureCookies }}
+- name: KEYHOUSE_SECURE_COOKIES
+  value: "true"
+{{- end }}
 {{- if $v.config.allowNonExpiringKeys }}
 - name: KEYHOUSE_ALLOW_NON_EXPIRING_KEYS
   value: "true"

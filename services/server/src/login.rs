@@ -60,6 +60,8 @@ pub struct Login {
     sessions: SessionCache,
     auth: Authenticator,
     ttl: chrono::Duration,
+    /// `KEYHOUSE_SECURE_COOKIES`: every cookie `Secure`, whatever the request says.
+    always_secure: bool,
 }
 
 /// Who a browser is signed in as, and how it may sign in.
@@ -109,6 +111,7 @@ pub fn router(ctx: &crate::bootstrap::Context) -> Router {
         auth: Authenticator::new(ctx.identity.clone(), ctx.sessions.clone())
             .with_oidc(ctx.oidc.clone()),
         ttl: chrono::Duration::hours(SESSION_HOURS).min(ctx.settings.sessions.max_ttl),
+        always_secure: ctx.settings.secure_cookies,
     };
     Router::new()
         .route(LOGIN_PATH, get(start))
@@ -129,10 +132,13 @@ impl Login {
         })
     }
 
-    /// Whether cookies get `Secure`: when the login client's redirect URL is https, or the
-    /// request reached the proxy in front over https. Plain http (a laptop, a test) gets
-    /// cookies a browser keeps over http.
+    /// Whether cookies get `Secure`: always with `KEYHOUSE_SECURE_COOKIES`; else when the login
+    /// client's redirect URL is https, or the request reached the proxy in front over https.
+    /// Plain http (a laptop, a test) gets cookies a browser keeps over http.
     fn secure(&self, headers: &HeaderMap) -> bool {
+        if self.always_secure {
+            return true;
+        }
         let forwarded_https = headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -255,7 +261,12 @@ async fn start(
     );
     Ok(redirect(
         to.as_str(),
-        vec![cookie(LOGIN_COOKIE, &sealed, &attributes, client.secure)],
+        vec![cookie(
+            LOGIN_COOKIE,
+            &sealed,
+            &attributes,
+            client.secure || login.always_secure,
+        )],
     ))
 }
 
@@ -347,7 +358,7 @@ async fn callback(
         "signed in through the OIDC issuer"
     );
     let age = login.ttl.num_seconds();
-    let secure = client.secure;
+    let secure = client.secure || login.always_secure;
     let mut cookies = session_cookies(&token, age, secure)?;
     cookies.push(cookie(
         LOGIN_COOKIE,

@@ -85,6 +85,12 @@ pub struct ServerSettings {
     )]
     pub max_connection_age_grace_secs: u64,
 
+    /// Give the browser's cookies `Secure` always. Without it they get it when the OIDC login's
+    /// redirect URL is https or the request says `X-Forwarded-Proto: https`; behind a TLS proxy
+    /// that sends no such header, turn this on.
+    #[arg(long, env = "KEYHOUSE_SECURE_COOKIES", default_value_t = false)]
+    pub secure_cookies: bool,
+
     /// Log format: `pretty` or `json`.
     #[arg(
         long,
@@ -132,6 +138,7 @@ impl ServerSettings {
             header_read_timeout_secs: 10,
             max_connection_age_secs: 0,
             max_connection_age_grace_secs: 30,
+            secure_cookies: false,
             log_format: crate::telemetry::LogFormat::Pretty,
             ext_authz: ExtAuthzSettings::default(),
             domain: Settings::new(database_url),
