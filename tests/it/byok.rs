@@ -18,6 +18,7 @@ on_both_databases!(
     live_tests_report_valid_invalid_and_error,
     only_service_tokens_get_a_users_key,
     a_bound_service_token_reaches_only_its_rpcs,
+    a_sync_report_with_a_bad_field_names_it_and_records_nothing,
     the_byok_rest_paths_answer_in_the_ops_center_shapes,
     byok_stats_count_the_callers_keys_in_ops_centers_fields,
 );
@@ -729,4 +730,106 @@ async fn a_bound_service_token_reaches_only_its_rpcs(backend: Backend) {
 
     let events = hand_outs(&server).await;
     assert_eq!(events.len(), 1, "the refused hand-out is not recorded");
+}
+
+async fn a_sync_report_with_a_bad_field_names_it_and_records_nothing(backend: Backend) {
+    let server = server_with_bound_tokens(backend).await;
+    let mut agent = server.platform_client(Some(SYNC_TOKEN)).await;
+    let good = pb::ReportPlatformKeySyncRequest {
+        name: "openrouter".into(),
+        version: 3,
+        target: "litellm".into(),
+        source: "database".into(),
+    };
+    for (bad, code, named) in [
+        (
+            pb::ReportPlatformKeySyncRequest {
+                name: String::new(),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "name",
+        ),
+        (
+            pb::ReportPlatformKeySyncRequest {
+                name: "no-such-key".into(),
+                ..good.clone()
+            },
+            Code::NotFound,
+            "no-such-key",
+        ),
+        (
+            pb::ReportPlatformKeySyncRequest {
+                version: -1,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "version",
+        ),
+        (
+            pb::ReportPlatformKeySyncRequest {
+                target: "LiteLLM proxy".into(),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "target",
+        ),
+        (
+            pb::ReportPlatformKeySyncRequest {
+                target: "x".repeat(101),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "target",
+        ),
+        (
+            pb::ReportPlatformKeySyncRequest {
+                source: "cache".into(),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "source",
+        ),
+    ] {
+        let status = agent
+            .report_platform_key_sync(bad.clone())
+            .await
+            .expect_err("a bad report is refused");
+        assert_eq!(status.code(), code, "{bad:?}: {}", status.message());
+        assert!(
+            status.message().contains(named),
+            "{bad:?}: the message names `{named}`: {}",
+            status.message()
+        );
+    }
+    let synced = |server: &TestServer| {
+        let db = server.db().clone();
+        async move {
+            keyhouse_domain::storage::audit::list(
+                &db,
+                &keyhouse_domain::storage::audit::Filter {
+                    action: Some("platform_key.synced".into()),
+                    ..Default::default()
+                },
+                None,
+                10,
+            )
+            .await
+            .expect("audit")
+        }
+    };
+    assert!(
+        synced(&server).await.is_empty(),
+        "refused reports leave no row"
+    );
+    agent
+        .report_platform_key_sync(good)
+        .await
+        .expect("a good report");
+    let rows = synced(&server).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].actor.as_str(), rows[0].target.as_str()),
+        ("service:litellm-sync", "openrouter")
+    );
 }

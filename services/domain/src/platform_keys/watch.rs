@@ -69,7 +69,7 @@ impl PlatformKeys {
         caller.require_service()?;
         let spec = super::spec(&req.name)?;
         if req.version < 0 {
-            return Err(Error::invalid("version", "must be 0 or more"));
+            return Err(Error::invalid("version", "version must be 0 or more"));
         }
         let target_ok = !req.target.is_empty()
             && req.target.len() <= 100
@@ -79,7 +79,7 @@ impl PlatformKeys {
         if !target_ok {
             return Err(Error::invalid(
                 "target",
-                "must be 1 to 100 lowercase letters, digits, '.', '_' or '-'",
+                "target must be 1 to 100 lowercase letters, digits, '.', '_' or '-'",
             ));
         }
         let source = match req.source.as_str() {
@@ -87,7 +87,7 @@ impl PlatformKeys {
             _ => {
                 return Err(Error::invalid(
                     "source",
-                    "must be database, environment or not_set",
+                    "source must be database, environment or not_set",
                 ));
             }
         };
