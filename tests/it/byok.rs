@@ -71,12 +71,15 @@ async fn alices_groq_key_stored(
     keyhouse_proto::v1::user_key_service_client::UserKeyServiceClient::new(server.channel().await)
 }
 
-/// The audit trail's hand-outs of users' provider keys.
-async fn hand_outs(server: &TestServer) -> Vec<keyhouse_domain::entities::audit_events::Model> {
+/// The audit trail's rows of `action` (e.g. `provider_key.hand_out`).
+async fn audited(
+    server: &TestServer,
+    action: &str,
+) -> Vec<keyhouse_domain::entities::audit_events::Model> {
     keyhouse_domain::storage::audit::list(
         server.db(),
         &keyhouse_domain::storage::audit::Filter {
-            action: Some("provider_key.hand_out".into()),
+            action: Some(action.into()),
             ..Default::default()
         },
         None,
@@ -445,7 +448,7 @@ async fn only_service_tokens_get_a_users_key(backend: Backend) {
             .expect_err(who);
         assert_eq!(status.code(), code, "{who}");
     }
-    let events = hand_outs(&server).await;
+    let events = audited(&server, "provider_key.hand_out").await;
     assert_eq!(events.len(), 1, "only the successful hand-out is recorded");
     assert_eq!(
         (events[0].actor.as_str(), events[0].target.as_str()),
@@ -728,7 +731,7 @@ async fn a_bound_service_token_reaches_only_its_rpcs(backend: Backend) {
         .expect("an open stream");
     assert!(first.initial, "the watch starts with the current state");
 
-    let events = hand_outs(&server).await;
+    let events = audited(&server, "provider_key.hand_out").await;
     assert_eq!(events.len(), 1, "the refused hand-out is not recorded");
 }
 
@@ -802,31 +805,15 @@ async fn a_sync_report_with_a_bad_field_names_it_and_records_nothing(backend: Ba
             status.message()
         );
     }
-    let synced = |server: &TestServer| {
-        let db = server.db().clone();
-        async move {
-            keyhouse_domain::storage::audit::list(
-                &db,
-                &keyhouse_domain::storage::audit::Filter {
-                    action: Some("platform_key.synced".into()),
-                    ..Default::default()
-                },
-                None,
-                10,
-            )
-            .await
-            .expect("audit")
-        }
-    };
     assert!(
-        synced(&server).await.is_empty(),
+        audited(&server, "platform_key.synced").await.is_empty(),
         "refused reports leave no row"
     );
     agent
         .report_platform_key_sync(good)
         .await
         .expect("a good report");
-    let rows = synced(&server).await;
+    let rows = audited(&server, "platform_key.synced").await;
     assert_eq!(rows.len(), 1);
     assert_eq!(
         (rows[0].actor.as_str(), rows[0].target.as_str()),

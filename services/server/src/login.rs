@@ -151,6 +151,11 @@ impl Login {
                 .is_some_and(|c| c.secure)
     }
 
+    /// Whether the OIDC login's own cookies get `Secure`: by its redirect URL, or always.
+    fn secure_for(&self, client: &crate::oidc::Client) -> bool {
+        self.always_secure || client.secure
+    }
+
     fn offers_oidc_login(&self) -> bool {
         self.oidc.as_ref().is_some_and(|o| o.login_client().is_ok())
     }
@@ -265,7 +270,7 @@ async fn start(
             LOGIN_COOKIE,
             &sealed,
             &attributes,
-            client.secure || login.always_secure,
+            login.secure_for(client),
         )],
     ))
 }
@@ -358,7 +363,7 @@ async fn callback(
         "signed in through the OIDC issuer"
     );
     let age = login.ttl.num_seconds();
-    let secure = client.secure || login.always_secure;
+    let secure = login.secure_for(client);
     let mut cookies = session_cookies(&token, age, secure)?;
     cookies.push(cookie(
         LOGIN_COOKIE,
